@@ -1,0 +1,282 @@
+"""Settings: the option table, its validation and the per-alias merge.
+
+``OPTIONS`` is the single source of truth for option names, types and
+defaults: validation, the ``PoolOptions`` TypedDict test and the README table
+are all checked against it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+SETTING = "DJPOOL_OPTIONS"
+LEGACY_SETTING = "DJORM_POOL_OPTIONS"
+LEGACY_PESSIMISTIC = "DJORM_POOL_PESSIMISTIC"
+DISABLE_ENV = "DJPOOL_DISABLE"
+
+#: The engines whose drivers djpoolapp knows how to pool (by driver module).
+POOLED_DRIVERS = ("psycopg", "psycopg2", "MySQLdb", "sqlite3")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One pool option: accepted types, default, and the rule it must obey."""
+
+    types: tuple[type, ...]
+    default: Any
+    rule: str  # human text used in errors and docs
+    allow_none: bool = False
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+    allow_minus_one: bool = False
+    help: str = ""
+
+    def problem(self, value: Any) -> str | None:
+        """Return why *value* is not acceptable, or None."""
+        if value is None and self.allow_none:
+            return None
+        if self.choices is not None:
+            return None if value in self.choices else f"must be one of {self.rule}"
+        if isinstance(value, bool) and bool not in self.types:
+            return f"must be {self.rule}, not a boolean"
+        if not isinstance(value, self.types):
+            return f"must be {self.rule}, not {type(value).__name__}"
+        if self.allow_minus_one and value == -1:
+            return None
+        if self.minimum is not None:
+            too_small = (
+                value <= self.minimum if self.exclusive_minimum else value < self.minimum
+            )
+            if too_small:
+                return f"must be {self.rule}"
+        return None
+
+
+OPTIONS: dict[str, Option] = {
+    "pool_size": Option(
+        (int,), 5, "an integer >= 1", minimum=1,
+        help="Connections kept open per pool.",
+    ),
+    "max_overflow": Option(
+        (int,), 10, "an integer >= 0", minimum=0,
+        help="Extra connections allowed under load, closed when returned.",
+    ),
+    "timeout": Option(
+        (int, float), 30.0, "a number of seconds > 0", minimum=0,
+        exclusive_minimum=True,
+        help="Seconds to wait for a free connection before raising "
+        "djpoolapp.PoolTimeout (a django.db.OperationalError).",
+    ),
+    "recycle": Option(
+        (int, float), 3600, "a number of seconds > 0, or -1 for never", minimum=0,
+        exclusive_minimum=True, allow_minus_one=True,
+        help="Connections older than this are replaced at checkout.",
+    ),
+    "pre_ping": Option(
+        (bool,), True, "True or False",
+        help="Check a connection before handing it out; replace it if dead.",
+    ),
+    "ping_after_idle": Option(
+        (int, float), 1.0, "a number of seconds >= 0", minimum=0,
+        help="Only ping connections idle at least this long (0: always). A "
+        "connection the server closed is detected without a round trip anyway.",
+    ),
+    "reset_on_return": Option(
+        (str,), "rollback", "'rollback', 'commit' or None", allow_none=True,
+        choices=("rollback", "commit", None),
+        help="What ends an open transaction when Django returns a connection.",
+    ),
+    "use_lifo": Option(
+        (bool,), False, "True or False",
+        help="Hand out the most recently returned connection first, letting "
+        "surplus connections age out through recycle.",
+    ),
+}
+
+DEFAULTS: dict[str, Any] = {name: option.default for name, option in OPTIONS.items()}
+
+
+class PoolOptions(TypedDict, total=False):
+    """The keys accepted at the top of ``DJPOOL_OPTIONS`` and per alias."""
+
+    pool_size: int
+    max_overflow: int
+    timeout: float
+    recycle: float
+    pre_ping: bool
+    ping_after_idle: float
+    reset_on_return: Literal["rollback", "commit"] | None
+    use_lifo: bool
+
+
+class DjpoolOptions(PoolOptions, total=False):
+    """The whole ``DJPOOL_OPTIONS`` setting."""
+
+    aliases: dict[str, PoolOptions | bool]
+
+
+#: djorm-ext-pool passed its options to sqlalchemy.pool.manage(); these
+#: SQLAlchemy arguments have no meaning here and are dropped with a warning.
+LEGACY_IGNORED = ("echo", "use_threadlocal", "logging_name", "poolclass", "events")
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _where(alias: str | None, setting: str = SETTING) -> str:
+    return f"{setting}['aliases']['{alias}']" if alias else setting
+
+
+def option_problems(
+    values: Mapping[str, Any], alias: str | None = None, setting: str = SETTING
+) -> list[str]:
+    """Every problem with one level of options (top level or one alias)."""
+    problems = []
+    where = _where(alias, setting)
+    for key, value in values.items():
+        if alias is None and key == "aliases":
+            continue
+        option = OPTIONS.get(key)
+        if option is None:
+            known = list(OPTIONS) + ([] if alias else ["aliases"])
+            problems.append(
+                f"unknown option '{key}' in {where}{_did_you_mean(key, known)}"
+            )
+            continue
+        why = option.problem(value)
+        if why:
+            problems.append(f"{where}['{key}'] {why}; got {value!r}")
+    return problems
+
+
+def problems(
+    raw: Any, database_aliases: list[str], setting: str = SETTING
+) -> list[str]:
+    """Every problem with a whole ``DJPOOL_OPTIONS`` value, for errors and checks."""
+    if not isinstance(raw, Mapping):
+        return [f"{setting} must be a dict, not {type(raw).__name__}"]
+    found = option_problems(raw, None, setting)
+    aliases = raw.get("aliases", {})
+    if not isinstance(aliases, Mapping):
+        return found + [
+            f"{setting}['aliases'] must be a dict of alias -> options, "
+            f"not {type(aliases).__name__}"
+        ]
+    for alias, value in aliases.items():
+        if alias not in database_aliases:
+            found.append(
+                f"unknown database alias '{alias}' in {setting}['aliases'] (the "
+                f"aliases in DATABASES are {', '.join(map(repr, database_aliases))})"
+                f"{_did_you_mean(str(alias), database_aliases)}"
+            )
+            continue
+        if isinstance(value, bool):
+            continue
+        if not isinstance(value, Mapping):
+            found.append(
+                f"{_where(alias, setting)} must be a dict of options, or False to "
+                f"opt the alias out; got {value!r}"
+            )
+            continue
+        found.extend(option_problems(value, alias, setting))
+    return found
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated setting: defaults for every alias plus per-alias entries."""
+
+    disabled: bool
+    defaults: dict[str, Any]
+    aliases: dict[str, dict[str, Any] | bool]
+    setting: str = SETTING
+
+    def for_alias(self, alias: str) -> dict[str, Any] | None:
+        """The merged options of *alias*, or None when the user opted it out."""
+        entry = self.aliases.get(alias)
+        if entry is False:
+            return None
+        if isinstance(entry, Mapping):
+            return {**self.defaults, **entry}
+        return dict(self.defaults)
+
+    def names_alias(self, alias: str) -> bool:
+        """True when ``aliases`` opts *alias* in explicitly (needed for SQLite)."""
+        entry = self.aliases.get(alias)
+        return entry is True or isinstance(entry, Mapping)
+
+
+def _legacy_options() -> dict[str, Any] | None:
+    """Read djorm-ext-pool's settings, warning what to rename."""
+    raw = getattr(settings, LEGACY_SETTING, None)
+    pessimistic = getattr(settings, LEGACY_PESSIMISTIC, None)
+    if raw is None and pessimistic is None:
+        return None
+    raw = dict(raw or {})
+    warnings.warn(
+        f"{LEGACY_SETTING} (djorm-ext-pool) is deprecated: rename it to {SETTING}"
+        + (
+            f" and replace {LEGACY_PESSIMISTIC} with {SETTING}['pre_ping']"
+            if pessimistic is not None
+            else ""
+        )
+        + ".",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    for key in LEGACY_IGNORED:
+        if key in raw:
+            raw.pop(key)
+            warnings.warn(
+                f"{LEGACY_SETTING}['{key}'] has no equivalent in djpoolapp and is "
+                "ignored; remove it.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+    if pessimistic is not None:
+        raw.setdefault("pre_ping", bool(pessimistic))
+    return raw
+
+
+def env_disabled() -> bool:
+    """``DJPOOL_DISABLE=1`` (or true/yes/on) turns every pool off."""
+    return os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@functools.cache
+def get_config() -> Config:
+    """Validated configuration, cached until a relevant setting changes."""
+    raw = getattr(settings, SETTING, None)
+    setting = SETTING
+    if raw is None:
+        legacy = _legacy_options()
+        if legacy is not None:
+            raw, setting = legacy, LEGACY_SETTING
+    if raw is None:
+        raw = {}
+    found = problems(raw, list(settings.DATABASES), setting)
+    if found:
+        raise ImproperlyConfigured("; ".join(found))
+    defaults = {**DEFAULTS, **{k: v for k, v in raw.items() if k != "aliases"}}
+    aliases = {alias: value for alias, value in raw.get("aliases", {}).items()}
+    return Config(
+        disabled=env_disabled(), defaults=defaults, aliases=aliases, setting=setting
+    )
+
+
+#: Settings whose change invalidates get_config() (see signals in apps.py).
+WATCHED_SETTINGS = frozenset(
+    {SETTING, LEGACY_SETTING, LEGACY_PESSIMISTIC, "DATABASES"}
+)

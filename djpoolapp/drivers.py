@@ -1,0 +1,241 @@
+"""What djpoolapp needs to know about each DB-API driver.
+
+Django must receive a *real* driver connection: psycopg2's
+``register_default_jsonb()`` rejects wrappers, and psycopg 3 and SQLAlchemy
+proxies shadow attributes such as ``info`` and swallow attribute writes such as
+``autocommit = True``.  So each driver's own connection class is subclassed
+with :class:`PooledConnection`, whose ``close()`` checks the connection back
+into its pool instead of closing it.  Everything else is the driver's.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import select
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .pool import AliasPool
+
+
+class PooledConnection:
+    """Mixin for a driver connection class: ``close()`` returns it to the pool.
+
+    The pool itself closes a connection by calling ``close()`` while no
+    checkout is recorded, which reaches the driver's real ``close()``.
+    """
+
+    #: The SQLAlchemy checkout (``_ConnectionFairy``) while Django holds it.
+    _djpool_fairy: Any = None
+    #: The :class:`~djpoolapp.pool.AliasPool` that opened the connection.
+    _djpool_pool: AliasPool | None = None
+    #: Set when Django saw an error on it: invalidate instead of reusing.
+    _djpool_discard: bool = False
+    _djpool_created_at: float = 0.0
+    _djpool_returned_at: float = 0.0
+
+    def close(self) -> None:
+        fairy = self._djpool_fairy
+        if fairy is None or self._djpool_pool is None:
+            super().close()  # type: ignore[misc]
+            return
+        self._djpool_fairy = None
+        self._djpool_pool.checkin(self, fairy)
+
+
+@functools.cache
+def pooled_class(base: type) -> type:
+    """The pooled subclass of a driver connection class (one per base)."""
+    return type(f"Pooled{base.__name__}", (PooledConnection, base), {})
+
+
+def _has_pending_input(fd: int) -> bool:
+    """True when the socket has data or EOF waiting: for an idle connection
+    that means the server said something, usually that it closed it."""
+    poll = getattr(select, "poll", None)  # gevent's monkeypatching removes poll
+    if poll is None:
+        readable, _, _ = select.select([fd], [], [], 0)
+        return bool(readable)
+    poller = poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
+
+
+class Driver:
+    """Base adapter; subclasses cover one DB-API module each."""
+
+    #: ``__name__`` of the DB-API module this adapter handles.
+    module_name = ""
+    vendor = ""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} for {self.module_name}>"
+
+    # -- opening -----------------------------------------------------------
+    def connect(self, kwargs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def can_pool(self, kwargs: dict[str, Any]) -> bool:
+        """False for connect arguments that must never be pooled."""
+        return True
+
+    # -- state -------------------------------------------------------------
+    def is_broken(self, conn: Any) -> bool:
+        """Known unusable without a round trip (closed or failed)."""
+        return False
+
+    def in_transaction(self, conn: Any) -> bool | None:
+        """Whether a transaction is open, from client-side state; None: unknown."""
+        return None
+
+    def has_pending_input(self, conn: Any) -> bool:
+        try:
+            return _has_pending_input(conn.fileno())
+        except Exception:
+            return True  # cannot tell: let the real ping decide
+
+    def ping(self, conn: Any) -> None:
+        """One round trip; raise if the connection does not answer."""
+        raise NotImplementedError
+
+    def neutralise(self, conn: Any, devnull: int) -> None:
+        """After fork: point the inherited socket at /dev/null so that nothing
+        the child does (close, GC) reaches the parent's server session."""
+        try:
+            fd = conn.fileno()
+        except Exception:
+            return
+        if fd >= 0:
+            os.dup2(devnull, fd)
+
+
+class PsycopgDriver(Driver):
+    """psycopg 3."""
+
+    module_name = "psycopg"
+    vendor = "postgresql"
+
+    def connect(self, kwargs: dict[str, Any]) -> Any:
+        return pooled_class(self.module.Connection).connect(**kwargs)
+
+    def is_broken(self, conn: Any) -> bool:
+        return bool(conn.closed or conn.broken)
+
+    def in_transaction(self, conn: Any) -> bool:
+        return conn.info.transaction_status != self.module.pq.TransactionStatus.IDLE
+
+    def ping(self, conn: Any) -> None:
+        # In autocommit, so that the ping never leaves a transaction open
+        # (Django's next `autocommit = True` would fail on INTRANS).
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        finally:
+            if not autocommit and not conn.closed:
+                conn.autocommit = False
+
+
+class Psycopg2Driver(Driver):
+    """psycopg2 (and psycopg2-binary)."""
+
+    module_name = "psycopg2"
+    vendor = "postgresql"
+
+    def connect(self, kwargs: dict[str, Any]) -> Any:
+        kwargs = dict(kwargs)
+        base = kwargs.pop("connection_factory", None) or self.module.extensions.connection
+        return self.module.connect(connection_factory=pooled_class(base), **kwargs)
+
+    def is_broken(self, conn: Any) -> bool:
+        return bool(conn.closed)
+
+    def in_transaction(self, conn: Any) -> bool:
+        return (
+            conn.get_transaction_status()
+            != self.module.extensions.TRANSACTION_STATUS_IDLE
+        )
+
+    def ping(self, conn: Any) -> None:
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        finally:
+            if not autocommit and not conn.closed:
+                conn.autocommit = False
+
+
+class MySQLdbDriver(Driver):
+    """mysqlclient (MySQLdb), for MySQL and MariaDB."""
+
+    module_name = "MySQLdb"
+    vendor = "mysql"
+
+    def connect(self, kwargs: dict[str, Any]) -> Any:
+        from MySQLdb.connections import Connection
+
+        return pooled_class(Connection)(**kwargs)
+
+    def is_broken(self, conn: Any) -> bool:
+        return not conn.open
+
+    def ping(self, conn: Any) -> None:
+        conn.ping()
+
+
+class SQLiteDriver(Driver):
+    """The standard library's sqlite3; pooled only when asked, never in memory."""
+
+    module_name = "sqlite3.dbapi2"
+    vendor = "sqlite"
+
+    def connect(self, kwargs: dict[str, Any]) -> Any:
+        kwargs = dict(kwargs)
+        base = kwargs.pop("factory", None) or self.module.Connection
+        return self.module.connect(factory=pooled_class(base), **kwargs)
+
+    def can_pool(self, kwargs: dict[str, Any]) -> bool:
+        name = str(kwargs.get("database", ""))
+        return not (
+            name in ("", ":memory:") or "mode=memory" in name or ":memory:" in name
+        )
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.in_transaction)
+
+    def has_pending_input(self, conn: Any) -> bool:
+        return False
+
+    def ping(self, conn: Any) -> None:
+        conn.execute("SELECT 1").close()
+
+    def neutralise(self, conn: Any, devnull: int) -> None:
+        pass  # a file, not a server session: nothing to protect
+
+
+DRIVERS: dict[str, type[Driver]] = {
+    cls.module_name: cls
+    for cls in (PsycopgDriver, Psycopg2Driver, MySQLdbDriver, SQLiteDriver)
+}
+DRIVERS["sqlite3"] = SQLiteDriver
+
+
+def driver_for(module: Any) -> Driver | None:
+    """The adapter for a backend's ``Database`` module, or None if unsupported."""
+    return _driver_for(getattr(module, "djpool_driver_module", module))
+
+
+@functools.cache
+def _driver_for(module: Any) -> Driver | None:
+    cls = DRIVERS.get(getattr(module, "__name__", ""))
+    return cls(module) if cls else None

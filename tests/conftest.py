@@ -1,0 +1,1 @@
+"""Shared fixtures: server availability, server-side connection counts."""

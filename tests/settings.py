@@ -1,0 +1,69 @@
+"""Test settings: PostgreSQL ``default``, MariaDB ``mysql``, SQLite ``lite``.
+
+Servers come from ``DJPOOL_TEST_POSTGRES_URL`` / ``DJPOOL_TEST_MYSQL_URL``
+(dj-database-url syntax), defaulting to the local ones.  An unreachable
+server's alias is left out and its tests skip, except under ``CI=true``,
+where conftest.py turns that into a failure.
+"""
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import dj_database_url
+
+DRIVER = os.environ.get("DJPOOL_TEST_DRIVER", "psycopg3")
+if DRIVER == "psycopg2":
+    # Django prefers psycopg 3 when both are importable; hide it so this run
+    # exercises Django's psycopg2 code path (nox's psycopg2 session does not
+    # install psycopg 3 at all).
+    sys.modules["psycopg"] = None  # type: ignore[assignment]
+
+BASE_DIR = Path(__file__).resolve().parent
+SECRET_KEY = "djpoolapp-tests"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.testapp.urls"
+MIDDLEWARE: list[str] = []
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "djpoolapp",
+    "tests.testapp",
+]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+POSTGRES_URL = os.environ.get(
+    "DJPOOL_TEST_POSTGRES_URL", "postgres://root@127.0.0.1:5432/djpool"
+)
+MYSQL_URL = os.environ.get("DJPOOL_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/djpool")
+
+
+def reachable(config: dict) -> bool:
+    try:
+        with socket.create_connection((config["HOST"], int(config["PORT"])), 2):
+            return True
+    except OSError:
+        return False
+
+
+postgres = dj_database_url.parse(POSTGRES_URL, conn_max_age=0)
+postgres["OPTIONS"] = {"application_name": f"djpool-tests-{os.getpid()}"}
+mysql = dj_database_url.parse(MYSQL_URL, conn_max_age=0)
+mysql["OPTIONS"] = {"charset": "utf8mb4"}
+mysql["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+lite = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": str(BASE_DIR / "tmp" / "lite.sqlite3"),
+    "TEST": {"NAME": str(BASE_DIR / "tmp" / f"test_lite_{os.getpid()}.sqlite3")},
+}
+(BASE_DIR / "tmp").mkdir(exist_ok=True)
+
+SERVERS = {"postgres": reachable(postgres), "mysql": reachable(mysql)}
+DATABASES = {"default": postgres if SERVERS["postgres"] else dict(lite)}
+if SERVERS["mysql"]:
+    DATABASES["mysql"] = mysql
+DATABASES["lite"] = lite
