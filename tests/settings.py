@@ -50,11 +50,19 @@ def reachable(config: dict) -> bool:
         return False
 
 
+# Each test run gets its own test databases, so that concurrent runs (nox
+# sessions, developers) never drop each other's.
+RUN_ID = os.environ.get("DJPOOL_TEST_RUN_ID", str(os.getpid()))
 postgres = dj_database_url.parse(POSTGRES_URL, conn_max_age=0)
-postgres["OPTIONS"] = {"application_name": f"djpool-tests-{os.getpid()}"}
+postgres["OPTIONS"] = {"application_name": f"djpool-tests-{RUN_ID}"}
+postgres["TEST"] = {"NAME": f"test_djpool_{RUN_ID}"}
 mysql = dj_database_url.parse(MYSQL_URL, conn_max_age=0)
 mysql["OPTIONS"] = {"charset": "utf8mb4"}
-mysql["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+mysql["TEST"] = {
+    "NAME": f"test_djpool_{RUN_ID}",
+    "CHARSET": "utf8mb4",
+    "COLLATION": "utf8mb4_unicode_ci",
+}
 lite = {
     "ENGINE": "django.db.backends.sqlite3",
     "NAME": str(BASE_DIR / "tmp" / "lite.sqlite3"),

@@ -1,0 +1,95 @@
+"""Pooling proven from the server's side, through Django's request cycle."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from django.db import connections
+from django.test import override_settings
+
+import djpoolapp
+from tests.conftest import ALIASES
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+def session_of(request_cycle, alias: str) -> int:
+    status, body = request_cycle(f"/session/{alias}/")
+    assert status == 200, body
+    return json.loads(body)["session"]
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_requests__reuse_pooled_server_sessions(alias, request_cycle, server_sessions):
+    opened_before = djpoolapp.pool_status(alias)[alias].opened
+    sessions = set()
+    peak = 0
+    for _ in range(200):
+        sessions.add(session_of(request_cycle, alias))
+        assert connections[alias].connection is None  # Django closed it
+        peak = max(peak, server_sessions(alias))
+    pool_size = djpoolapp.pool_status(alias)[alias].pool_size
+    assert len(sessions) == 1  # one thread: the same connection every time
+    assert 1 <= peak <= pool_size
+    status = djpoolapp.pool_status(alias)[alias]
+    assert (status.checked_out, status.idle) == (0, 1)
+    assert status.opened - opened_before <= 1
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_requests__without_the_app_open_a_session_each(
+    alias, request_cycle, server_sessions, unpatched
+):
+    sessions = [session_of(request_cycle, alias) for _ in range(20)]
+    assert len(set(sessions)) == 20
+    assert server_sessions(alias) == 0  # each was closed at request end
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_threads__never_exceed_pool_size(alias, request_cycle, server_sessions):
+    options = {"pool_size": 4, "max_overflow": 0, "timeout": 30}
+    errors: list[BaseException] = []
+    peak = 0
+    done = threading.Event()
+
+    def client() -> None:
+        try:
+            for _ in range(200):
+                session_of(request_cycle, alias)
+        except BaseException as error:  # reported below
+            errors.append(error)
+        finally:
+            for connection in connections.all(initialized_only=True):
+                connection.close()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.wait(0.02):
+            peak = max(peak, server_sessions(alias))
+
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: options}}):
+        opened_before = djpoolapp.pool_status(alias)[alias].opened
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        done.set()
+        watcher.join()
+        status = djpoolapp.pool_status(alias)[alias]
+    assert not errors, errors[:3]
+    assert 1 <= peak <= 4
+    assert status.checked_out == 0
+    assert status.opened - opened_before <= 4
+    assert status.timeouts == 0
+
+
+@pytest.mark.postgres
+def test_psycopg_driver__is_the_one_this_run_claims(settings):
+    module = type(connections["default"]).Database.djpool_driver_module
+    expected = {"psycopg3": "psycopg", "psycopg2": "psycopg2"}[settings.DRIVER]
+    assert module.__name__ == expected
