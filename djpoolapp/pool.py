@@ -125,7 +125,10 @@ class AliasPool:
             reset_on_return=None,  # done in checkin, driver-aware
             dialect=_CheckoutDialect(self),
         )
+        self._open = 0  # driver connections open now (idle + checked out)
+        self._open_lock = threading.Lock()
         event.listen(self.pool, "invalidate", self._on_invalidate)
+        event.listen(self.pool, "close", self._on_close)
         logger.info("Created %r with options %r", self, options)
 
     def __repr__(self) -> str:
@@ -145,6 +148,8 @@ class AliasPool:
         conn._djpool_pool = self
         conn._djpool_created_at = conn._djpool_returned_at = time.monotonic()
         _live_connections.add(conn)
+        with self._open_lock:
+            self._open += 1
         self.stats.add("opened")
         logger.debug("Opened a connection for %r", self)
         return conn
@@ -221,6 +226,15 @@ class AliasPool:
         else:
             self.stats.add("invalidated")
             logger.info("Invalidated a connection of %r: %s", self, error)
+
+    def _on_close(self, dbapi_connection: Any, record: Any) -> None:
+        with self._open_lock:
+            self._open -= 1
+
+    @property
+    def open_connections(self) -> int:
+        """Driver connections this pool has open, idle or checked out."""
+        return self._open
 
     def retire(self) -> None:
         """Close the idle connections now and the checked-out ones on return."""

@@ -48,14 +48,15 @@ def _status(alias: str, vendor: str, pool: AliasPool | None) -> PoolStatus:
             checked_out=0, idle=0, overflow=0, **counters,
         )
     queue_pool = pool.pool
+    checked_out = queue_pool.checkedout()
     return PoolStatus(
         alias=alias,
         vendor=vendor,
         database=pool.description,
         pool_size=queue_pool.size(),
         max_overflow=pool.options["max_overflow"],
-        checked_out=queue_pool.checkedout(),
-        idle=queue_pool.checkedin(),
+        checked_out=checked_out,
+        idle=max(0, pool.open_connections - checked_out),
         overflow=max(0, queue_pool.overflow()),
         **counters,
     )
