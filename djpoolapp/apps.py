@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 logger = logging.getLogger("djpoolapp")
@@ -25,8 +26,11 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
         return
     get_config.cache_clear()
     registry.dispose()
-    if is_installed():
-        install_for_databases()
+    if setting in ("DATABASES", "DJPOOL_OPTIONS") and is_installed():
+        try:
+            install_for_databases()  # a newly pooled backend may need patching
+        except ImproperlyConfigured:
+            pass  # raised again, with every problem, when the options are used
 
 
 class DjpoolConfig(AppConfig):
