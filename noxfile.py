@@ -1,0 +1,223 @@
+"""Nox sessions for djpoolapp.
+
+``python3 -m nox`` runs the default sessions (the test suite on Python 3.11,
+once per PostgreSQL driver).  Other sessions:
+
+* ``nox -s example``   -- run the example project's ``demo`` command
+* ``nox -s lint``      -- ruff format --check, ruff check, mypy
+* ``nox -s matrix``    -- every supported Django x Python x driver cell
+* ``nox -s corners``   -- the oldest and the newest cell of that matrix
+
+Arguments after ``--`` go to pytest (or to the demo command), e.g.
+``nox -s tests-psycopg3 -- -m 'not restart' -x``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2024.4.15"
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests-psycopg3", "tests-psycopg2"]
+if hasattr(nox.options, "download_python"):
+    # Only registries are reachable here; never try to fetch an interpreter.
+    nox.options.download_python = "never"
+if not os.environ.get("CI"):
+    # Locally a missing interpreter skips its matrix cells; in CI it fails.
+    nox.options.error_on_missing_interpreters = False
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_PYTHON = "3.11"
+
+# Driver name -> the setup.cfg extra that installs it.
+DRIVER_EXTRAS = {"psycopg3": "psycopg", "psycopg2": "postgres"}
+# Distributions that must be absent when testing with the *other* driver.
+# Django's postgresql backend imports psycopg (3) whenever it can, so a
+# psycopg2 run with psycopg 3 installed would silently test the wrong driver.
+FOREIGN_DRIVER_DISTS = {
+    "psycopg3": ["psycopg2", "psycopg2-binary"],
+    "psycopg2": ["psycopg", "psycopg-binary", "psycopg-c", "psycopg-pool"],
+}
+FOREIGN_DRIVER_MODULE = {"psycopg3": "psycopg2", "psycopg2": "psycopg"}
+
+# Django feature release -> the Pythons it supports (within 3.10-3.13).
+DJANGO_PYTHONS = {
+    "4.2": ["3.10", "3.11", "3.12"],
+    "5.2": ["3.10", "3.11", "3.12", "3.13"],
+    "6.0": ["3.12", "3.13"],
+}
+MATRIX = [
+    (python, django, driver)
+    for django, pythons in DJANGO_PYTHONS.items()
+    for python in pythons
+    for driver in DRIVER_EXTRAS
+]
+CORNERS = [("3.10", "4.2", "psycopg2"), ("3.13", "6.0", "psycopg3")]
+
+RUFF = "ruff==0.17.6"
+LINT_PATHS = ["djpoolapp", "tests", "example_project", "noxfile.py"]
+
+
+def _pyenv_root() -> Path | None:
+    if os.environ.get("PYENV_ROOT"):
+        return Path(os.environ["PYENV_ROOT"])
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        try:
+            out = subprocess.run(
+                [pyenv, "root"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            out = ""
+        if out:
+            return Path(out)
+    default = Path.home() / ".pyenv"
+    return default if default.is_dir() else None
+
+
+def _add_pyenv_interpreters_to_path() -> None:
+    """Put the newest pyenv CPython of each minor version we test on PATH.
+
+    pyenv's shims only expose the versions selected by ``pyenv global``, so
+    ``python3.10`` etc. would otherwise not be found by nox.
+    """
+    root = _pyenv_root()
+    if root is None or not (root / "versions").is_dir():
+        return
+    best: dict[str, tuple[tuple[int, ...], Path]] = {}
+    for entry in (root / "versions").iterdir():
+        m = re.fullmatch(r"3\.(\d+)\.(\d+)", entry.name)
+        if not m:
+            continue  # skip free-threaded, dev and virtualenv entries
+        minor = f"3.{m.group(1)}"
+        key = (int(m.group(1)), int(m.group(2)))
+        if not (entry / "bin" / f"python{minor}").exists():
+            continue
+        if minor not in best or key > best[minor][0]:
+            best[minor] = (key, entry / "bin")
+    wanted = {py for pys in DJANGO_PYTHONS.values() for py in pys} | {DEFAULT_PYTHON}
+    dirs = [str(best[m][1]) for m in sorted(wanted) if m in best]
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join(dirs + [p for p in path if p not in dirs])
+
+
+_add_pyenv_interpreters_to_path()
+
+
+def _install_driver(
+    session: nox.Session, driver: str, extras: list[str], *requirements: str
+) -> None:
+    """Install the package with ``extras`` plus exactly one PostgreSQL driver.
+
+    ``requirements`` (e.g. a Django pin) go into the same pip run, so a single
+    resolver pass picks versions that agree with each other.
+    """
+    extra_list = ",".join([*extras, DRIVER_EXTRAS[driver]])
+    session.install("-e", f".[{extra_list}]", *requirements)
+    # Reused virtualenvs may hold the other driver from an earlier run.
+    session.run_install(
+        "python", "-m", "pip", "uninstall", "--yes", "--quiet",
+        *FOREIGN_DRIVER_DISTS[driver],
+        silent=True,
+    )  # fmt: skip
+    foreign = FOREIGN_DRIVER_MODULE[driver]
+    session.run_install(
+        "python",
+        "-c",
+        "import importlib.util, sys; "
+        f"sys.exit('{foreign} must not be installed for a {driver} run' "
+        f"if importlib.util.find_spec('{foreign}') else 0)",
+    )
+
+
+def _report_versions(session: nox.Session) -> None:
+    """Print the versions that matter for this run (pytest shows Django's too)."""
+    session.run(
+        "python",
+        "-c",
+        "import sys, importlib.metadata as md; "
+        "names = {'django', 'sqlalchemy', 'psycopg', 'psycopg-binary', "
+        "'psycopg2-binary', 'mysqlclient'}; "
+        "found = sorted(f'{d.name} {d.version}' for d in md.distributions() "
+        "if d.name.lower() in names); "
+        "print('python', sys.version.split()[0], '|', ', '.join(found))",
+    )
+
+
+def _run_pytest(session: nox.Session, driver: str) -> None:
+    _report_versions(session)
+    session.run("pytest", *session.posargs, env={"DJPOOL_TEST_DRIVER": driver})
+
+
+def _tests(session: nox.Session, driver: str) -> None:
+    _install_driver(session, driver, ["test", "mysql"])
+    _run_pytest(session, driver)
+
+
+@nox.session(name="tests-psycopg3", python=DEFAULT_PYTHON)
+def tests_psycopg3(session: nox.Session) -> None:
+    """Test suite with psycopg 3 as the PostgreSQL driver."""
+    _tests(session, "psycopg3")
+
+
+@nox.session(name="tests-psycopg2", python=DEFAULT_PYTHON)
+def tests_psycopg2(session: nox.Session) -> None:
+    """Test suite with psycopg2 as the PostgreSQL driver (psycopg 3 absent)."""
+    _tests(session, "psycopg2")
+
+
+def _matrix_cell(session: nox.Session, django: str, driver: str) -> None:
+    """One matrix cell: the given Django feature release and driver."""
+    _install_driver(session, driver, ["test", "mysql"], f"django~={django}.0")
+    _run_pytest(session, driver)
+
+
+def _cell_id(python: str, django: str, driver: str) -> str:
+    return f"django{django}-py{python}-{driver}"
+
+
+@nox.session
+@nox.parametrize(
+    ("python", "django", "driver"),
+    MATRIX,
+    ids=[_cell_id(*cell) for cell in MATRIX],
+)
+def matrix(session: nox.Session, django: str, driver: str) -> None:
+    """Supported Django x Python x driver combinations."""
+    _matrix_cell(session, django, driver)
+
+
+@nox.session
+@nox.parametrize(
+    ("python", "django", "driver"),
+    CORNERS,
+    ids=[_cell_id(*cell) for cell in CORNERS],
+)
+def corners(session: nox.Session, django: str, driver: str) -> None:
+    """Oldest (Django 4.2, Python 3.10, psycopg2) and newest matrix cells."""
+    _matrix_cell(session, django, driver)
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def example(session: nox.Session) -> None:
+    """Run the example project's demo command."""
+    session.install("-e", ".[example,psycopg,mysql]")
+    session.run("python", "example_project/manage.py", "demo", *session.posargs)
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff format --check, ruff check, and mypy on the package."""
+    session.install(RUFF, "mypy", "django-stubs", "-e", ".[psycopg,test]")
+    paths = [p for p in LINT_PATHS if (ROOT / p).exists()]
+    session.run("ruff", "format", "--check", *paths)
+    session.run("ruff", "check", *paths)
+    session.run("mypy", "djpoolapp")
