@@ -27,7 +27,17 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "tests.testapp.urls"
-MIDDLEWARE: list[str] = []
+# Sessions and auth for the status page's staff check; signed-cookie sessions
+# need no table, and neither middleware queries a database unless a view asks
+# for request.user.
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+TEMPLATES = [
+    {"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}
+]
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
@@ -37,9 +47,9 @@ INSTALLED_APPS = [
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 POSTGRES_URL = os.environ.get(
-    "DJPOOL_TEST_POSTGRES_URL", "postgres://root@127.0.0.1:5432/djpool"
+    "DJPOOL_TEST_POSTGRES_URL", "postgres://root@127.0.0.1:5432/postgres"
 )
-MYSQL_URL = os.environ.get("DJPOOL_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/djpool")
+MYSQL_URL = os.environ.get("DJPOOL_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 
 
 def reachable(config: dict) -> bool:
