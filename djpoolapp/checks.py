@@ -1,34 +1,114 @@
-"""System checks (``djpoolapp.E…`` / ``W…``)."""
+"""System checks (``djpoolapp.E…`` / ``W…``), run by ``manage.py check``.
+
+They answer "is the pool set up to work?" before the first request does:
+
+========== ============================================================
+E001       ``DJPOOL_OPTIONS`` is invalid (every problem, one error each)
+W001       ``CONN_MAX_AGE`` is not 0 on a pooled alias
+W002       an alias uses Django's own pool, so djpoolapp leaves it alone
+W003       ``aliases`` names a database djpoolapp cannot pool
+W004       ``pool_size + max_overflow`` exceeds the server's
+           ``max_connections`` (a database check: ``check --database``)
+========== ============================================================
+
+Only E001 reads the options raw: the other checks assume valid options and
+stay silent when they are not, so one mistake is reported once.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
 from . import conf
 
+logger = logging.getLogger("djpoolapp")
 
-@register("djpoolapp")
-def check_options(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    """E001: every problem in DJPOOL_OPTIONS at once."""
+TAG = "djpoolapp"
+OPTIONS_HINT = "See the options table in djpoolapp's README."
+
+
+def _pooled_aliases() -> dict[str, type] | None:
+    """Alias -> backend class of the pooled aliases; None if options are bad."""
+    from .pool import pooled_backends
+
+    try:
+        return pooled_backends()
+    except ImproperlyConfigured:
+        return None  # E001 reports it
+
+
+def _raw_options() -> tuple[Any, str] | None:
+    """The user's setting and its name (djorm-ext-pool's when only it is set)."""
     raw = getattr(settings, conf.SETTING, None)
-    if raw is None:
+    if raw is not None:
+        return raw, conf.SETTING
+    legacy = getattr(settings, conf.LEGACY_SETTING, None)
+    if legacy is not None:
+        if isinstance(legacy, Mapping):  # keys that are dropped with a warning
+            legacy = {k: v for k, v in legacy.items() if k not in conf.LEGACY_IGNORED}
+        return legacy, conf.LEGACY_SETTING
+    return None
+
+
+@register(TAG)
+def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E001: every problem in ``DJPOOL_OPTIONS`` at once, one error each.
+
+    Startup stops at the same problems (``ImproperlyConfigured``); the check
+    lists all of them, so that one ``manage.py check`` fixes the lot.
+    """
+    found = _raw_options()
+    if found is None:
         return []
+    raw, setting = found
     return [
-        Error(
-            problem,
-            hint="See the options table in djpoolapp's README.",
-            id="djpoolapp.E001",
-        )
-        for problem in conf.problems(raw, list(settings.DATABASES))
+        Error(problem, hint=OPTIONS_HINT, id="djpoolapp.E001")
+        for problem in conf.problems(raw, list(settings.DATABASES), setting)
     ]
 
 
-@register("djpoolapp")
-def check_native_pool(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    """W002: aliases on Django's own pool are left alone."""
+@register(TAG)
+def check_conn_max_age(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W001: persistent connections defeat the pool.
+
+    With ``CONN_MAX_AGE`` > 0 (or None) Django keeps each thread's connection
+    checked out between requests: the pool can no longer share connections
+    between threads, and ``pool_size`` stops bounding anything.
+    """
+    pooled = _pooled_aliases() or {}
+    messages: list[CheckMessage] = []
+    for alias in pooled:
+        age = settings.DATABASES[alias].get("CONN_MAX_AGE", 0)
+        if age == 0:
+            continue
+        messages.append(
+            Warning(
+                f"Database alias '{alias}' is pooled by djpoolapp but sets "
+                f"CONN_MAX_AGE={age!r}: Django keeps each thread's connection "
+                "checked out between requests, so the pool cannot share it "
+                "with other threads and every thread holds one connection.",
+                hint=f"Set DATABASES['{alias}']['CONN_MAX_AGE'] = 0 (the pool "
+                "keeps connections open for you), or opt the alias out with "
+                f"DJPOOL_OPTIONS['aliases']['{alias}'] = False.",
+                id="djpoolapp.W001",
+            )
+        )
+    return messages
+
+
+@register(TAG)
+def check_native_pool(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W002: an alias on Django's own pool (5.1+) is left alone."""
+    try:
+        config = conf.get_config()
+    except ImproperlyConfigured:
+        return []
     return [
         Warning(
             f"Database alias '{alias}' uses Django's own connection pool "
@@ -38,5 +118,121 @@ def check_native_pool(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             id="djpoolapp.W002",
         )
         for alias, db in settings.DATABASES.items()
-        if (db.get("OPTIONS") or {}).get("pool")
+        if (db.get("OPTIONS") or {}).get("pool") and config.for_alias(alias) is not None
     ]
+
+
+def _unpoolable_reason(database: Mapping[str, Any]) -> str | None:
+    """Why djpoolapp cannot pool *alias*, or None if it can."""
+    from django.db.utils import load_backend
+
+    from .drivers import SQLiteDriver, driver_for
+
+    engine = database.get("ENGINE", "")
+    try:
+        backend = load_backend(engine)
+    except (ImproperlyConfigured, ImportError):
+        return None  # Django reports a backend it cannot load
+    driver = driver_for(getattr(backend.DatabaseWrapper, "Database", None))
+    if driver is None:
+        return (
+            f"its engine '{engine}' uses a driver djpoolapp does not support "
+            f"(supported: {', '.join(conf.POOLED_DRIVERS)})"
+        )
+    if isinstance(driver, SQLiteDriver) and not driver.can_pool(
+        {"database": database.get("NAME", "")}
+    ):
+        return (
+            "it is an in-memory SQLite database, which is never pooled (every "
+            "connection to it is a separate database)"
+        )
+    return None
+
+
+@register(TAG)
+def check_unpoolable_aliases(
+    app_configs: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W003: options for an alias djpoolapp cannot pool have no effect."""
+    try:
+        config = conf.get_config()
+    except ImproperlyConfigured:
+        return []
+    messages: list[CheckMessage] = []
+    for alias, entry in config.aliases.items():
+        database = settings.DATABASES.get(alias)
+        if entry is False or database is None:
+            continue
+        reason = _unpoolable_reason(database)
+        if reason is None:
+            continue
+        messages.append(
+            Warning(
+                f"{config.setting}['aliases']['{alias}'] configures database "
+                f"alias '{alias}', but djpoolapp cannot pool it: {reason}. "
+                "The alias is used unpooled.",
+                hint=f"Remove the entry, or set {config.setting}['aliases']"
+                f"['{alias}'] = False to record the opt-out.",
+                id="djpoolapp.W003",
+            )
+        )
+    return messages
+
+
+def _max_connections(alias: str) -> int | None:
+    """The server's max_connections, read through the alias's own connection."""
+    from django.db import DatabaseError, connections
+
+    from .server import max_connections
+
+    connection = connections[alias]
+    was_open = connection.connection is not None
+    try:
+        return max_connections(connection)
+    except DatabaseError as error:
+        # Django's own checks and the first query report an unreachable
+        # server; this one only says it could not compare.
+        logger.debug("Could not read max_connections of %r: %s", alias, error)
+        return None
+    finally:
+        if not was_open and not connection.in_atomic_block:
+            connection.close()
+
+
+@register(TAG, Tags.database)
+def check_max_connections(
+    app_configs: Any = None, databases: Iterable[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W004: one process could open more connections than the server accepts.
+
+    A database check: Django runs it only when asked for database checks
+    (``manage.py check --database ALIAS``, ``migrate``, the test runner),
+    and only for the aliases it names.
+    """
+    if databases is None:
+        return []
+    pooled = _pooled_aliases() or {}
+    config = conf.get_config() if pooled else None
+    messages: list[CheckMessage] = []
+    for alias in databases:
+        if alias not in pooled or config is None:
+            continue
+        options = config.for_alias(alias) or {}
+        total = options["pool_size"] + options["max_overflow"]
+        limit = _max_connections(alias)
+        if limit is None or total <= limit:
+            continue
+        messages.append(
+            Warning(
+                f"Database alias '{alias}' may open pool_size + max_overflow = "
+                f"{options['pool_size']} + {options['max_overflow']} = {total} "
+                "connections in each process, more than the server's "
+                f"max_connections = {limit}.",
+                hint="Lower pool_size/max_overflow in DJPOOL_OPTIONS or raise "
+                "the server's max_connections; with several worker processes "
+                "keep workers x (pool_size + max_overflow) <= max_connections, "
+                "or put PgBouncer/ProxySQL in front.",
+                id="djpoolapp.W004",
+            )
+        )
+    return messages

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import select
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -46,9 +47,57 @@ class PooledConnection:
 
 
 @functools.cache
-def pooled_class(base: type) -> type:
+def pooled_class(base: type, mixin: type = PooledConnection) -> type:
     """The pooled subclass of a driver connection class (one per base)."""
-    return type(f"Pooled{base.__name__}", (PooledConnection, base), {})
+    return type(f"Pooled{base.__name__}", (mixin, base), {})
+
+
+#: A statement that changes MySQL session state beyond what a rollback resets,
+#: at the start of the SQL or after a ";" (mysqlclient allows multi-statements).
+_MYSQL_SESSION_STATEMENT = re.compile(
+    rb"(?:^|;)\s*(?:(?:/\*.*?\*/|(?:#|--)[^\n]*(?:\n|$))\s*)*"
+    rb"(SET|CALL|BEGIN|START|XA|LOCK|USE)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+class PooledMySQLConnection(PooledConnection):
+    """mysqlclient connection that notices session-changing statements.
+
+    mysqlclient cannot tell whether a transaction is open, and MySQL keeps
+    Django's session settings (isolation level, SQL_AUTO_IS_NULL) across a
+    checkin.  Watching the statements that could change either lets the pool
+    skip the rollback at checkin and Django's ``SET ...`` at checkout when
+    nothing changed: two round trips per request saved, exactly as safe.
+    ``LOCK TABLES`` and ``USE`` cannot be undone by a rollback, so a
+    connection that ran them is discarded at checkin.
+    """
+
+    #: Set by Django's connection set-up; cleared by any SET/CALL.
+    _djpool_session_ready = False
+    #: A statement may have opened a transaction (BEGIN, START, XA, CALL).
+    _djpool_txn_suspect = False
+
+    def query(self, query: bytes | str) -> Any:
+        sql = query.encode() if isinstance(query, str) else query
+        match = _MYSQL_SESSION_STATEMENT.match(sql)
+        if match is None and b";" in sql:
+            match = _MYSQL_SESSION_STATEMENT.search(sql)
+        if match is not None:
+            self._note_statement(match.group(1).upper())
+        return super().query(query)  # type: ignore[misc]
+
+    def _note_statement(self, keyword: bytes) -> None:
+        if keyword in (b"SET", b"CALL"):
+            self._djpool_session_ready = False
+        if keyword in (b"BEGIN", b"START", b"XA", b"CALL"):
+            self._djpool_txn_suspect = True
+        if keyword in (b"LOCK", b"USE"):
+            self._djpool_discard = True
+
+    def select_db(self, db: str) -> Any:
+        self._djpool_discard = True
+        return super().select_db(db)  # type: ignore[misc]
 
 
 def _has_pending_input(fd: int) -> bool:
@@ -102,6 +151,10 @@ class Driver:
     def ping(self, conn: Any) -> None:
         """One round trip; raise if the connection does not answer."""
         raise NotImplementedError
+
+    def end_transaction(self, conn: Any, commit: bool = False) -> None:
+        """Commit or roll back whatever transaction may be open."""
+        conn.commit() if commit else conn.rollback()
 
     def neutralise(self, conn: Any, devnull: int) -> None:
         """After fork: point the inherited socket at /dev/null so that nothing
@@ -184,10 +237,18 @@ class MySQLdbDriver(Driver):
     def connect(self, kwargs: dict[str, Any]) -> Any:
         from MySQLdb.connections import Connection
 
-        return pooled_class(Connection)(**kwargs)
+        return pooled_class(Connection, PooledMySQLConnection)(**kwargs)
 
     def is_broken(self, conn: Any) -> bool:
         return not conn.open
+
+    def in_transaction(self, conn: Any) -> bool:
+        # get_autocommit() reads the status flags of the server's last reply.
+        return bool(conn._djpool_txn_suspect or not conn.get_autocommit())
+
+    def end_transaction(self, conn: Any, commit: bool = False) -> None:
+        super().end_transaction(conn, commit)
+        conn._djpool_txn_suspect = False
 
     def ping(self, conn: Any) -> None:
         conn.ping()

@@ -14,6 +14,9 @@ from, so PostGIS, GIS MySQL and a project's own subclass are covered):
   unchanged around the checkout.
 - ``_close()`` marks the connection for invalidation when Django saw an error
   on it or closes it inside ``atomic()``.
+- ``init_connection_state()`` is skipped for a pooled mysqlclient connection
+  that Django already set up and that ran no session-changing statement
+  since (see ``drivers.PooledMySQLConnection``).
 - ``_nodb_cursor()`` (used only to create, clone and drop test databases)
   first disposes the pools, so that idle pooled connections never block
   ``DROP DATABASE`` or ``CREATE DATABASE ... TEMPLATE``.
@@ -111,6 +114,24 @@ def _wrap_close(original: Callable[..., Any]) -> Callable[..., Any]:
     return _close
 
 
+def _wrap_init_connection_state(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def init_connection_state(self: Any) -> Any:
+        connection = self.connection
+        if getattr(connection, "_djpool_session_ready", None) is True:
+            # A pooled connection whose driver watches session-changing
+            # statements (mysqlclient): Django already set this session up
+            # for this alias and nothing has changed it since.
+            return None
+        result = original(self)
+        if getattr(connection, "_djpool_session_ready", None) is False:
+            connection._djpool_session_ready = True
+        return result
+
+    init_connection_state._djpool_patched = True  # type: ignore[attr-defined]
+    return init_connection_state
+
+
 def _wrap_nodb_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def _nodb_cursor(self: Any) -> Any:
@@ -124,6 +145,7 @@ def _wrap_nodb_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
 _WRAPPERS = {
     "get_new_connection": _wrap_get_new_connection,
     "_close": _wrap_close,
+    "init_connection_state": _wrap_init_connection_state,
     "_nodb_cursor": _wrap_nodb_cursor,
 }
 

@@ -54,10 +54,35 @@ class AliasStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.opened = self.recycled = self.invalidated = self.timeouts = 0
+        # Running totals for the status page's "connect vs checkout" figures:
+        # two perf_counter() calls and one uncontended lock per checkout.
+        self.connect_seconds = self.checkout_seconds = 0.0
+        self.checkouts = 0
 
     def add(self, counter: str) -> None:
         with self._lock:
             setattr(self, counter, getattr(self, counter) + 1)
+
+    def add_connect_time(self, seconds: float) -> None:
+        with self._lock:
+            self.connect_seconds += seconds
+
+    def add_checkout_time(self, seconds: float) -> None:
+        with self._lock:
+            self.checkouts += 1
+            self.checkout_seconds += seconds
+
+    def timings(self) -> dict[str, float | int | None]:
+        """Mean milliseconds to open a new connection and to check one out
+        (reused or new, pre-ping included); None before the first one."""
+        with self._lock:
+            opened, checkouts = self.opened, self.checkouts
+            connect, checkout = self.connect_seconds, self.checkout_seconds
+        return {
+            "connect_ms": connect * 1000 / opened if opened else None,
+            "checkout_ms": checkout * 1000 / checkouts if checkouts else None,
+            "checkouts": checkouts,
+        }
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
@@ -144,7 +169,9 @@ class AliasPool:
 
     # -- the lifecycle -------------------------------------------------------
     def _create(self) -> Any:
+        started = time.perf_counter()
         conn = self.driver.connect(self.connect_kwargs)
+        self.stats.add_connect_time(time.perf_counter() - started)
         conn._djpool_pool = self
         conn._djpool_created_at = conn._djpool_returned_at = time.monotonic()
         _live_connections.add(conn)
@@ -155,6 +182,7 @@ class AliasPool:
         return conn
 
     def checkout(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        started = time.perf_counter()
         try:
             fairy = self.pool.connect()
         except sa_exc.TimeoutError:
@@ -170,6 +198,7 @@ class AliasPool:
             )
             logger.warning(message)
             raise PoolTimeout(message) from None
+        self.stats.add_checkout_time(time.perf_counter() - started)
         conn = fairy.dbapi_connection
         conn._djpool_fairy = fairy
         return conn
@@ -184,7 +213,7 @@ class AliasPool:
             if driver.is_broken(conn):
                 raise sa_exc.DisconnectionError("closed by the driver")
             if driver.in_transaction(conn):  # known open: hand it out clean
-                conn.rollback()
+                driver.end_transaction(conn)
             if self._pre_ping and (
                 now - conn._djpool_returned_at >= self._ping_after_idle
                 or driver.has_pending_input(conn)
@@ -209,7 +238,7 @@ class AliasPool:
         elif self._reset is not None:
             try:
                 if self.driver.in_transaction(conn) is not False:
-                    conn.rollback() if self._reset == "rollback" else conn.commit()
+                    self.driver.end_transaction(conn, commit=self._reset == "commit")
             except Exception as error:
                 reason = error
         if reason is None:

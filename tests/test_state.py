@@ -206,3 +206,44 @@ def test_connect_arguments__changed_in_place_like_the_test_runner(alias):
         connection.close()
         connection.settings_dict["NAME"] = test_name
     assert isinstance(connection.connection, (type(None), PooledConnection))
+
+
+def mysql_questions(connection) -> int:
+    """Statements this MySQL session has received (the SHOW included)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS LIKE 'Questions'")
+        return int(cursor.fetchone()[1])
+
+
+@pytest.mark.mysql
+def test_mysql_checkin_checkout__sends_no_statement_when_nothing_changed():
+    connection = connections["mysql"]
+    connection.ensure_connection()
+    before = mysql_questions(connection)
+    connection.close()
+    connection.ensure_connection()  # Django's connect(): autocommit, SETs, ...
+    assert mysql_questions(connection) - before == 1  # only the SHOW itself
+
+
+@pytest.mark.mysql
+def test_mysql_checkin__rolls_back_an_explicit_start_transaction():
+    connection = connections["mysql"]
+    with connection.cursor() as cursor:
+        cursor.execute("START TRANSACTION")
+        cursor.execute("INSERT INTO testapp_item (name, value, created) "
+                       "VALUES ('raw', 1, NOW())")
+    assert connection.get_autocommit()  # Django's flag: it did not see it
+    connection.close()
+    assert not server_in_transaction("mysql")
+    assert not Item.objects.using("mysql").filter(name="raw").exists()
+
+
+@pytest.mark.mysql
+def test_mysql_checkin__discards_a_connection_that_locked_tables():
+    connection = connections["mysql"]
+    before = djpoolapp.pool_status("mysql")["mysql"].invalidated
+    with connection.cursor() as cursor:
+        cursor.execute("LOCK TABLES testapp_item READ")
+    connection.close()
+    assert djpoolapp.pool_status("mysql")["mysql"].invalidated == before + 1
+    assert Item.objects.using("mysql").count() == 0  # no lock left behind
