@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from bisect import bisect_left
 import threading
 import time
 import weakref
@@ -31,6 +32,7 @@ from sqlalchemy.pool.base import _ConnDialect
 from .conf import get_config
 from .drivers import Driver, PooledConnection, SQLiteDriver, driver_for
 from .exceptions import PoolTimeout
+from .signals import connection_checked_in, connection_checked_out
 
 logger = logging.getLogger("djpoolapp")
 
@@ -46,6 +48,14 @@ class _Retired(sa_exc.DisconnectionError):
     """Reason given when a connection of a retired pool is closed on return."""
 
 
+#: Upper bounds in seconds of the checkout-time histogram's buckets
+#: (Prometheus ``le``; one more bucket counts everything slower).
+CHECKOUT_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
 class AliasStats:
     """Event counters of one alias, kept across its successive pools."""
 
@@ -58,6 +68,7 @@ class AliasStats:
         # two perf_counter() calls and one uncontended lock per checkout.
         self.connect_seconds = self.checkout_seconds = 0.0
         self.checkouts = 0
+        self.checkout_buckets = [0] * (len(CHECKOUT_BUCKETS) + 1)
 
     def add(self, counter: str) -> None:
         with self._lock:
@@ -71,6 +82,13 @@ class AliasStats:
         with self._lock:
             self.checkouts += 1
             self.checkout_seconds += seconds
+            self.checkout_buckets[bisect_left(CHECKOUT_BUCKETS, seconds)] += 1
+
+    def checkout_histogram(self) -> tuple[list[int], float]:
+        """Per-bucket checkout counts (see ``CHECKOUT_BUCKETS``) and their sum
+        of seconds; timed-out checkouts are counted in ``timeouts`` only."""
+        with self._lock:
+            return list(self.checkout_buckets), self.checkout_seconds
 
     def timings(self) -> dict[str, float | int | None]:
         """Mean milliseconds to open a new connection and to check one out
@@ -178,7 +196,7 @@ class AliasPool:
         with self._open_lock:
             self._open += 1
         self.stats.add("opened")
-        logger.debug("Opened a connection for %r", self)
+        logger.info("Opened a connection for %r", self)
         return conn
 
     def checkout(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -198,10 +216,21 @@ class AliasPool:
             )
             logger.warning(message)
             raise PoolTimeout(message) from None
-        self.stats.add_checkout_time(time.perf_counter() - started)
+        waited = time.perf_counter() - started
+        self.stats.add_checkout_time(waited)
         conn = fairy.dbapi_connection
         conn._djpool_fairy = fairy
+        if connection_checked_out.receivers or logger.isEnabledFor(logging.DEBUG):
+            self._announce_checkout(conn, waited)
         return conn
+
+    def _announce_checkout(self, conn: Any, waited: float) -> None:
+        """DEBUG line and signal of a checkout; kept off the hot path."""
+        logger.debug("Checked out a connection of %r in %.3f ms", self, waited * 1000)
+        if connection_checked_out.receivers:
+            connection_checked_out.send_robust(
+                AliasPool, alias=self.alias, dbapi_connection=conn, wait=waited
+            )
 
     def check_on_checkout(self, conn: Any) -> None:
         """Recycle old connections, hand out clean ones, replace dead ones."""
@@ -210,8 +239,9 @@ class AliasPool:
             raise _Recycle(f"older than recycle={self.options['recycle']} s")
         driver = self.driver
         try:
-            if driver.is_broken(conn):
-                raise sa_exc.DisconnectionError("closed by the driver")
+            # (A connection the driver knows is broken never reaches the pool:
+            # checkin invalidates it.  One the server closed while idle has
+            # input pending, so the ping below runs and fails.)
             if driver.in_transaction(conn):  # known open: hand it out clean
                 driver.end_transaction(conn)
             if self._pre_ping and (
@@ -245,6 +275,20 @@ class AliasPool:
             fairy.close()
         else:
             fairy.invalidate(e=reason)
+        if connection_checked_in.receivers or logger.isEnabledFor(logging.DEBUG):
+            self._announce_checkin(conn, reason)
+
+    def _announce_checkin(self, conn: Any, reason: BaseException | None) -> None:
+        """DEBUG line and signal of a checkin; kept off the hot path."""
+        logger.debug(
+            "Checked in a connection of %r%s", self,
+            "" if reason is None else f" (closed: {reason})",
+        )  # fmt: skip
+        if connection_checked_in.receivers:
+            connection_checked_in.send_robust(
+                AliasPool, alias=self.alias, dbapi_connection=conn,
+                invalidated=reason is not None,
+            )  # fmt: skip
 
     def _on_invalidate(self, dbapi_connection: Any, record: Any, error: Any) -> None:
         if isinstance(error, _Recycle):
