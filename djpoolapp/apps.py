@@ -6,6 +6,7 @@ connection Django asks for.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
@@ -45,6 +46,10 @@ class DjpoolConfig(AppConfig):
 
         get_config()  # raises ImproperlyConfigured for bad options, at startup
         setting_changed.connect(_on_setting_changed, dispatch_uid="djpoolapp")
+        if importlib.util.find_spec("prometheus_client") is not None:
+            from . import metrics  # imports prometheus_client: only if installed
+
+            metrics.register()
         if env_disabled():
             logger.info("DJPOOL_DISABLE is set: connection pooling is off")
             return

@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -54,8 +54,11 @@ class Option:
         if self.allow_minus_one and value == -1:
             return None
         if self.minimum is not None:
+            number = float(cast(float, value))
             too_small = (
-                value <= self.minimum if self.exclusive_minimum else value < self.minimum
+                number <= self.minimum
+                if self.exclusive_minimum
+                else number < self.minimum
             )
             if too_small:
                 return f"must be {self.rule}"
@@ -64,40 +67,63 @@ class Option:
 
 OPTIONS: dict[str, Option] = {
     "pool_size": Option(
-        (int,), 5, "an integer >= 1", minimum=1,
+        (int,),
+        5,
+        "an integer >= 1",
+        minimum=1,
         help="Connections kept open per pool.",
     ),
     "max_overflow": Option(
-        (int,), 10, "an integer >= 0", minimum=0,
+        (int,),
+        10,
+        "an integer >= 0",
+        minimum=0,
         help="Extra connections allowed under load, closed when returned.",
     ),
     "timeout": Option(
-        (int, float), 30.0, "a number of seconds > 0", minimum=0,
+        (int, float),
+        30.0,
+        "a number of seconds > 0",
+        minimum=0,
         exclusive_minimum=True,
         help="Seconds to wait for a free connection before raising "
         "djpoolapp.PoolTimeout (a django.db.OperationalError).",
     ),
     "recycle": Option(
-        (int, float), 3600, "a number of seconds > 0, or -1 for never", minimum=0,
-        exclusive_minimum=True, allow_minus_one=True,
+        (int, float),
+        3600,
+        "a number of seconds > 0, or -1 for never",
+        minimum=0,
+        exclusive_minimum=True,
+        allow_minus_one=True,
         help="Connections older than this are replaced at checkout.",
     ),
     "pre_ping": Option(
-        (bool,), True, "True or False",
+        (bool,),
+        True,
+        "True or False",
         help="Check a connection before handing it out; replace it if dead.",
     ),
     "ping_after_idle": Option(
-        (int, float), 1.0, "a number of seconds >= 0", minimum=0,
+        (int, float),
+        1.0,
+        "a number of seconds >= 0",
+        minimum=0,
         help="Only ping connections idle at least this long (0: always). A "
         "connection the server closed is detected without a round trip anyway.",
     ),
     "reset_on_return": Option(
-        (str,), "rollback", "'rollback', 'commit' or None", allow_none=True,
+        (str,),
+        "rollback",
+        "'rollback', 'commit' or None",
+        allow_none=True,
         choices=("rollback", "commit", None),
         help="What ends an open transaction when Django returns a connection.",
     ),
     "use_lifo": Option(
-        (bool,), False, "True or False",
+        (bool,),
+        False,
+        "True or False",
         help="Hand out the most recently returned connection first, letting "
         "surplus connections age out through recycle.",
     ),
@@ -277,6 +303,4 @@ def get_config() -> Config:
 
 
 #: Settings whose change invalidates get_config() (see signals in apps.py).
-WATCHED_SETTINGS = frozenset(
-    {SETTING, LEGACY_SETTING, LEGACY_PESSIMISTIC, "DATABASES"}
-)
+WATCHED_SETTINGS = frozenset({SETTING, LEGACY_SETTING, LEGACY_PESSIMISTIC, "DATABASES"})

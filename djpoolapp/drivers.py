@@ -174,13 +174,15 @@ class PsycopgDriver(Driver):
     vendor = "postgresql"
 
     def connect(self, kwargs: dict[str, Any]) -> Any:
-        return pooled_class(self.module.Connection).connect(**kwargs)
+        connection_class: Any = pooled_class(self.module.Connection)
+        return connection_class.connect(**kwargs)
 
     def is_broken(self, conn: Any) -> bool:
         return bool(conn.closed or conn.broken)
 
     def in_transaction(self, conn: Any) -> bool:
-        return conn.info.transaction_status != self.module.pq.TransactionStatus.IDLE
+        idle = self.module.pq.TransactionStatus.IDLE
+        return bool(conn.info.transaction_status != idle)
 
     def ping(self, conn: Any) -> None:
         # In autocommit, so that the ping never leaves a transaction open
@@ -204,14 +206,16 @@ class Psycopg2Driver(Driver):
 
     def connect(self, kwargs: dict[str, Any]) -> Any:
         kwargs = dict(kwargs)
-        base = kwargs.pop("connection_factory", None) or self.module.extensions.connection
+        base = (
+            kwargs.pop("connection_factory", None) or self.module.extensions.connection
+        )
         return self.module.connect(connection_factory=pooled_class(base), **kwargs)
 
     def is_broken(self, conn: Any) -> bool:
         return bool(conn.closed)
 
     def in_transaction(self, conn: Any) -> bool:
-        return (
+        return bool(
             conn.get_transaction_status()
             != self.module.extensions.TRANSACTION_STATUS_IDLE
         )

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
-from bisect import bisect_left
 import threading
 import time
 import weakref
+from bisect import bisect_left
 from typing import Any
 
 from django.db import connections
@@ -183,7 +183,9 @@ class AliasPool:
         )
 
     def matches(self, kwargs: dict[str, Any], settings_options: dict[str, Any]) -> bool:
-        return kwargs == self.connect_kwargs and settings_options == self.settings_options
+        return (
+            kwargs == self.connect_kwargs and settings_options == self.settings_options
+        )
 
     # -- the lifecycle -------------------------------------------------------
     def _create(self) -> Any:
@@ -218,7 +220,7 @@ class AliasPool:
             raise PoolTimeout(message) from None
         waited = time.perf_counter() - started
         self.stats.add_checkout_time(waited)
-        conn = fairy.dbapi_connection
+        conn: Any = fairy.dbapi_connection
         conn._djpool_fairy = fairy
         if connection_checked_out.receivers or logger.isEnabledFor(logging.DEBUG):
             self._announce_checkout(conn, waited)
@@ -328,7 +330,10 @@ class _Unpooled:
         self.connect_kwargs = dict(kwargs)
         self.settings_options = dict(settings_options)
 
-    matches = AliasPool.matches
+    def matches(self, kwargs: dict[str, Any], settings_options: dict[str, Any]) -> bool:
+        return (
+            kwargs == self.connect_kwargs and settings_options == self.settings_options
+        )
 
     def checkout(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self.module.connect(*args, **kwargs)
@@ -372,7 +377,9 @@ class Registry:
                 entry = _Unpooled(module, kwargs, settings_options)
             else:
                 stats = self._stats.setdefault(alias, AliasStats())
-                entry = AliasPool(alias, driver, kwargs, settings_options, options, stats)
+                entry = AliasPool(
+                    alias, driver, kwargs, settings_options, options, stats
+                )
             if current is not None:
                 current.retire()
             self._entries[alias] = entry
@@ -419,10 +426,10 @@ class Registry:
         self._lock = threading.Lock()
         if not inherited:
             return
-        held = {}
-        for wrapper in connections.all(initialized_only=True):
-            if isinstance(wrapper.connection, PooledConnection):
-                held[id(wrapper.connection)] = wrapper
+        held: dict[int, Any] = {}
+        for django_connection in connections.all(initialized_only=True):
+            if isinstance(django_connection.connection, PooledConnection):
+                held[id(django_connection.connection)] = django_connection
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
             for conn in inherited:
@@ -449,7 +456,9 @@ class Registry:
 
 
 def pool_options(
-    alias: str, settings_dict: dict[str, Any], driver: Driver | None,
+    alias: str,
+    settings_dict: dict[str, Any],
+    driver: Driver | None,
     kwargs: dict[str, Any],
 ) -> dict[str, Any] | None:
     """The pool options for this alias and connect arguments, or None: unpooled."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .pool import AliasPool, pooled_backends, registry
 from .drivers import driver_for
+from .pool import AliasPool, pooled_backends, registry
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,15 @@ def _status(alias: str, vendor: str, pool: AliasPool | None) -> PoolStatus:
 
         options = get_config().for_alias(alias) or {}
         return PoolStatus(
-            alias=alias, vendor=vendor, database="",
+            alias=alias,
+            vendor=vendor,
+            database="",
             pool_size=options.get("pool_size", 0),
             max_overflow=options.get("max_overflow", 0),
-            checked_out=0, idle=0, overflow=0, **counters,
+            checked_out=0,
+            idle=0,
+            overflow=0,
+            **counters,
         )
     queue_pool = pool.pool
     checked_out = queue_pool.checkedout()
