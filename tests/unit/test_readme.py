@@ -31,3 +31,50 @@ def test_readme_options_table__meanings_come_from_the_help_texts():
         row = README.split(f"   * - ``{name}``", 1)[1].split("   * - ", 1)[0]
         assert " ".join(row.split())  # the row exists
         assert first_words.split()[0] in row, (name, first_words)
+
+
+def code_blocks(language: str) -> list[str]:
+    """The README's ``.. code-block:: <language>`` bodies, dedented."""
+    blocks = []
+    for part in README.split(f".. code-block:: {language}\n")[1:]:
+        lines = []
+        for line in part.split("\n")[1:]:
+            if line and not line.startswith("   "):
+                break
+            lines.append(line[3:])
+        blocks.append("\n".join(lines).strip())
+    return blocks
+
+
+def test_readme_python_blocks__all_run():
+    """Every Python snippet runs as shown (settings snippets are validated)."""
+    blocks = code_blocks("python")
+    assert len(blocks) >= 4
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, "README.rst", "exec"), namespace)  # noqa: S102
+        if "DJPOOL_OPTIONS" in namespace:
+            options = namespace["DJPOOL_OPTIONS"]
+            aliases = list(options.get("aliases", {})) + ["default"]
+            assert conf.problems(options, aliases) == [], block
+        if "INSTALLED_APPS" in namespace:
+            assert "djpoolapp" in namespace["INSTALLED_APPS"]
+
+
+def test_readme_console_blocks__name_real_extras_and_sessions():
+    root = Path(__file__).resolve().parents[2]
+    setup_cfg = (root / "setup.cfg").read_text()
+    noxfile = (root / "noxfile.py").read_text()
+    ci = (root / ".ci" / "run").read_text()
+    commands = [
+        line[2:] for block in code_blocks("console")
+        for line in block.splitlines() if line.startswith("$ ")
+    ]
+    for command in commands:
+        for extra in re.findall(r'djpoolapp\[(\w+)\]', command):
+            assert f"\n{extra} =" in setup_cfg, command
+        for session in re.findall(r"nox -s ([\w-]+)", command):
+            assert f'"{session}"' in noxfile or f"def {session}(" in noxfile, command
+    test_command = "python3 -m pip install nox && python3 -m nox"
+    assert test_command in commands
+    assert f"\n{test_command}\n" in ci  # CI runs exactly the README's command
