@@ -16,6 +16,7 @@ session ids.  It only reads: no table, row or setting is left behind.
 from __future__ import annotations
 
 import io
+import itertools
 import statistics
 import threading
 import time
@@ -37,6 +38,8 @@ from .pool import describe, pooled_backends
 Progress = Callable[[str, int, int], None]
 
 WARMUP_PER_THREAD = 2
+#: Seconds between two progress reports.
+PROGRESS_EVERY = 1.0
 
 
 class BenchError(Exception):
@@ -187,7 +190,7 @@ class BenchHandler(WSGIHandler):
     """Django's WSGI handler, routing every request to :class:`BenchURLConf`."""
 
     def get_response(self, request: HttpRequest) -> Any:
-        request.urlconf = BenchURLConf  # type: ignore[attr-defined]
+        request.urlconf = BenchURLConf  # type: ignore[assignment]
         return super().get_response(request)
 
 
@@ -202,6 +205,11 @@ class RunResult:
     latencies: list[float] = field(default_factory=list, repr=False)
     #: Distinct server session ids that answered (None for SQLite).
     sessions: int | None = None
+    #: Those session ids, to match against the server's own session list.
+    session_ids: list[str] = field(default_factory=list, repr=False)
+    #: CPU time of this process while timed (all threads): unlike latency,
+    #: barely moved by other programs competing for the same cores.
+    cpu_seconds: float = 0.0
 
     @property
     def p50(self) -> float:
@@ -210,6 +218,10 @@ class RunResult:
     @property
     def p95(self) -> float:
         return _percentile(self.latencies, 95)
+
+    @property
+    def p99(self) -> float:
+        return _percentile(self.latencies, 99)
 
     @property
     def requests_per_second(self) -> float:
@@ -250,9 +262,8 @@ class BenchResult:
 def _host() -> str:
     """A Host header the project's ALLOWED_HOSTS accepts."""
     for host in settings.ALLOWED_HOSTS:
-        if host == "*" or "*" in host:
-            return "localhost"
-        return host.lstrip(".")
+        # "*" accepts anything; ".example.com" accepts example.com itself.
+        return "localhost" if host == "*" else str(host).lstrip(".")
     return "localhost"  # DEBUG allows it with empty ALLOWED_HOSTS
 
 
@@ -283,71 +294,104 @@ def _request(handler: BenchHandler, path_info: str) -> tuple[int, bytes]:
     return int(statuses[0].split()[0]), body
 
 
-def _drive(
+def drive(
     handler: BenchHandler,
     path_info: str,
-    shares: list[int],
-    result: RunResult | None,
-    progress: Progress | None,
-) -> None:
-    """Run ``shares[i]`` requests in thread *i*; record into *result*."""
-    latencies: list[list[float]] = [[] for _ in shares]
+    requests: int,
+    threads: int = 1,
+    *,
+    label: str = "",
+    warmup_per_thread: int = WARMUP_PER_THREAD,
+    max_seconds: float | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Send *requests* GETs for *path_info* from *threads* threads, timed.
+
+    The request loop shared by ``djpool bench`` and ``benchmarks/run.py``.
+    Each thread first sends *warmup_per_thread* untimed requests, so that a
+    thread-owned (``CONN_MAX_AGE``) connection or a pool is already open
+    when the clock starts; the clock starts once every thread is warm.
+    Threads stop early after *max_seconds* (the result then holds fewer
+    requests).
+    """
+    # One budget shared by the threads, as a server's accept queue would be:
+    # a thread kept waiting (for a pooled connection) sends fewer requests
+    # instead of finishing last and stretching the run.
+    tickets = itertools.count()
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    finished = [0.0] * threads
     sessions: set[bytes] = set()
     errors: list[BaseException] = []
     stop = threading.Event()
+    clock: list[float] = []  # wall and process CPU time when the clock starts
+    warm = threading.Barrier(
+        threads, action=lambda: clock.extend((time.perf_counter(), time.process_time()))
+    )
 
-    def worker(mine: list[float], count: int) -> None:
+    def send() -> bytes:
+        status, body = _request(handler, path_info)
+        if status != 200:
+            raise BenchError(
+                f"the benchmark request answered HTTP {status}: "
+                f"{body[:300].decode(errors='replace')}"
+            )
+        return body
+
+    def worker(index: int) -> None:
+        mine = latencies[index]
         try:
-            for _ in range(count):
-                if stop.is_set():
-                    return
+            for _ in range(warmup_per_thread):
+                send()
+            warm.wait()
+            deadline = clock[0] + max_seconds if max_seconds else None
+            while next(tickets) < requests:
+                if stop.is_set() or (deadline and time.perf_counter() > deadline):
+                    break
                 started = time.perf_counter()
-                status, body = _request(handler, path_info)
+                body = send()
                 mine.append((time.perf_counter() - started) * 1000)
-                if status != 200:
-                    raise BenchError(
-                        f"the benchmark request answered HTTP {status}: "
-                        f"{body[:300].decode(errors='replace')}"
-                    )
                 sessions.add(body)
+            finished[index] = time.perf_counter()
+        except threading.BrokenBarrierError:
+            pass  # another thread failed; its error is re-raised below
         except BaseException as error:  # re-raised in the calling thread
             errors.append(error)
             stop.set()
+            warm.abort()
         finally:
             connections.close_all()
 
     workers = [
-        threading.Thread(target=worker, args=(latencies[i], count), daemon=True)
-        for i, count in enumerate(shares)
+        threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)
     ]
-    started = reported = time.perf_counter()
+    reported = time.perf_counter()
     for thread in workers:
         thread.start()
     for thread in workers:
         while thread.is_alive():
             thread.join(0.1)
             now = time.perf_counter()
-            if progress is not None and result is not None and now - reported >= 1:
+            if progress is not None and now - reported >= PROGRESS_EVERY:
                 reported = now
-                progress(result.label, sum(map(len, latencies)), result.requests)
+                progress(label, sum(map(len, latencies)), requests)
     if errors:
         raise errors[0]
-    if result is not None:
-        result.seconds = time.perf_counter() - started
-        result.latencies = [value for mine in latencies for value in mine]
-        result.sessions = None if b"-" in sessions else len(sessions)
+    result = RunResult(label=label, requests=sum(map(len, latencies)), threads=threads)
+    result.seconds = max(finished) - clock[0] if clock else 0.0
+    result.cpu_seconds = time.process_time() - clock[1] if clock else 0.0
+    result.latencies = [value for mine in latencies for value in mine]
+    result.session_ids = sorted(body.decode() for body in sessions if body != b"-")
+    result.sessions = None if b"-" in sessions else len(sessions)
+    return result
 
 
 def _run(
     label: str, alias: str, requests: int, threads: int, progress: Progress | None
 ) -> RunResult:
-    handler = BenchHandler()
     path_info = f"/djpool-bench/{alias}/"
-    _drive(handler, path_info, [WARMUP_PER_THREAD] * threads, None, None)
-    shares = [requests // threads + (i < requests % threads) for i in range(threads)]
-    result = RunResult(label=label, requests=requests, threads=threads)
-    _drive(handler, path_info, [share for share in shares if share], result, progress)
-    return result
+    return drive(
+        BenchHandler(), path_info, requests, threads, label=label, progress=progress
+    )
 
 
 def run_bench(

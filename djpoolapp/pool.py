@@ -259,10 +259,11 @@ class AliasPool:
     def checkin(self, conn: Any, fairy: Any) -> None:
         """Reset and return a connection Django closed, or invalidate it."""
         conn._djpool_returned_at = time.monotonic()
-        reason: BaseException | None = None
-        if conn._djpool_discard:
+        cursors = conn._djpool_cursors
+        reason = self._close_cursors(cursors) if cursors else None
+        if reason is not None or conn._djpool_discard:
             conn._djpool_discard = False
-            reason = sa_exc.DisconnectionError("Django saw an error on it")
+            reason = reason or sa_exc.DisconnectionError("Django saw an error on it")
         elif self.retired:
             reason = _Retired("its pool was disposed or its settings changed")
         elif self.driver.is_broken(conn):
@@ -280,12 +281,31 @@ class AliasPool:
         if connection_checked_in.receivers or logger.isEnabledFor(logging.DEBUG):
             self._announce_checkin(conn, reason)
 
+    @staticmethod
+    def _close_cursors(cursors: Any) -> BaseException | None:
+        """Close the cursors of this checkout that are still open; return why
+        the connection must be invalidated, if closing one failed.
+
+        Stock Django frees them by closing the connection.  In a pool the
+        session lives on: a WITH HOLD server-side cursor (an abandoned
+        ``iterator()`` in autocommit) would keep its result set on the
+        server, and a stale cursor closed or used later would act on the
+        connection of whichever request holds it then.  Closed here, a
+        cursor is inert: ``close()`` again does nothing, using it raises.
+        """
+        failure: BaseException | None = None
+        for cursor in list(cursors):
+            try:
+                cursor.close()
+            except Exception as error:
+                failure = failure or error
+        cursors.clear()
+        return failure
+
     def _announce_checkin(self, conn: Any, reason: BaseException | None) -> None:
         """DEBUG line and signal of a checkin; kept off the hot path."""
-        logger.debug(
-            "Checked in a connection of %r%s", self,
-            "" if reason is None else f" (closed: {reason})",
-        )  # fmt: skip
+        if reason is None:  # invalidations have their own line
+            logger.debug("Checked in a connection of %r", self)
         if connection_checked_in.receivers:
             connection_checked_in.send_robust(
                 AliasPool, alias=self.alias, dbapi_connection=conn,

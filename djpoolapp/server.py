@@ -42,7 +42,7 @@ def server_version(connection: Any) -> str:
         "sqlite": "SELECT sqlite_version()",
     }.get(connection.vendor)
     if sql is None:
-        return connection.display_name
+        return str(connection.display_name)
     return f"{connection.display_name} {_one(connection, sql)}"
 
 
@@ -55,8 +55,7 @@ def tls_status(connection: Any) -> tuple[bool | None, str]:
     if connection.vendor == "postgresql":
         row = _one(
             connection,
-            "SELECT ssl, version, cipher FROM pg_stat_ssl "
-            "WHERE pid = pg_backend_pid()",
+            "SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
         )
         if row is None:
             return None, "unknown (no pg_stat_ssl row for this session)"

@@ -75,7 +75,8 @@ def test_threads__never_exceed_pool_size(alias, request_cycle, server_sessions):
             peak = max(peak, server_sessions(alias))
 
     with override_settings(DJPOOL_OPTIONS={"aliases": {alias: options}}):
-        opened_before = djpoolapp.pool_status(alias)[alias].opened
+        before = djpoolapp.pool_status(alias)[alias]  # counters are per process
+        opened_before = before.opened
         watcher = threading.Thread(target=watch)
         watcher.start()
         threads = [threading.Thread(target=client) for _ in range(8)]
@@ -90,7 +91,7 @@ def test_threads__never_exceed_pool_size(alias, request_cycle, server_sessions):
     assert 1 <= peak <= 4
     assert status.checked_out == 0
     assert status.opened - opened_before <= 4
-    assert status.timeouts == 0
+    assert status.timeouts == before.timeouts
 
 
 @pytest.mark.postgres

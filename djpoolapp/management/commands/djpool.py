@@ -62,8 +62,15 @@ class Command(BaseCommand):
             "with, the pool; read-only.",
         )
         bench.add_argument("--database", default="default", help="Alias to use.")
-        bench.add_argument("--requests", type=int, default=500, metavar="N")
-        bench.add_argument("--threads", type=int, default=1, metavar="T")
+        bench.add_argument(
+            "--requests", type=int, default=500, metavar="N",
+            help="Requests per pass (default 500).",
+        )  # fmt: skip
+        bench.add_argument(
+            "--threads", type=int, default=1, metavar="T",
+            help="Client threads sending them, each with its own Django "
+            "connection (default 1).",
+        )  # fmt: skip
         for sub in (status, check, bench):
             # Accept Django's common options after the action name too; the
             # suppressed defaults leave the main parser's values alone.
@@ -104,12 +111,17 @@ class Command(BaseCommand):
         rows = [[title for _, title in STATUS_COLUMNS]]
         for status in statuses.values():
             values = status.as_dict()
-            rows.append([str(values[key] if values[key] != "" else "-") for key, _ in STATUS_COLUMNS])
+            rows.append(
+                [
+                    str(values[key] if values[key] != "" else "-")
+                    for key, _ in STATUS_COLUMNS
+                ]
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             cells = [
                 cell.ljust(width) if i < 3 else cell.rjust(width)
-                for i, (cell, width) in enumerate(zip(row, widths))
+                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
             ]
             self.stdout.write("  ".join(cells).rstrip())
         self.stdout.write(
@@ -136,7 +148,9 @@ class Command(BaseCommand):
         if failures:
             raise CommandError("djpool check failed: " + "; ".join(failures))
         self.stdout.write(
-            self.style.SUCCESS(f"OK: {len(aliases)} alias(es) reachable through the pool.")
+            self.style.SUCCESS(
+                f"OK: {len(aliases)} alias(es) reachable through the pool."
+            )
         )
 
     def _print_report(self, report: CheckReport) -> None:

@@ -1,0 +1,303 @@
+"""``manage.py djpool status | check | bench`` against the real servers."""
+
+from __future__ import annotations
+
+import json
+import re
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, ManagementUtility, call_command
+from django.db import connections
+from django.test import override_settings
+
+import djpoolapp
+from djpoolapp import bench, patch
+from tests.conftest import ALIASES
+from tests.testapp.models import Item
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+def djpool(*args: str) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command("djpool", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def use(alias: str) -> None:
+    """One query through the pool of *alias*, connection returned."""
+    connections[alias].close()  # a connection left open by test set-up
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    connections[alias].close()
+
+
+def server_value(alias: str, sql: str) -> str:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql)
+        return str(cursor.fetchone()[0])
+
+
+def server_tls(alias: str) -> bool:
+    """Whether the server sees TLS on a pooled session of *alias*."""
+    if connections[alias].vendor == "postgresql":
+        sql = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        return server_value(alias, sql) == "True"
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        return bool(cursor.fetchone()[1])
+
+
+# -- status ------------------------------------------------------------------
+@pytest.mark.postgres
+@pytest.mark.mysql
+def test_status__table_of_every_pooled_alias():
+    use("default")
+    use("mysql")
+    out, _ = djpool("status")
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "alias", "vendor", "database", "size", "max_overflow", "checked_out",
+        "idle", "overflow", "opened", "recycled", "invalidated", "timeouts",
+    ]  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in lines[1:3]}
+    for alias, vendor in (("default", "postgresql"), ("mysql", "mysql")):
+        name = connections[alias].settings_dict["NAME"]
+        user = connections[alias].settings_dict["USER"]
+        assert rows[alias][1:3] == [
+            vendor,
+            f"{user}@127.0.0.1:{connections[alias].settings_dict['PORT']}/{name}",
+        ]
+        size, max_overflow, checked_out, idle, overflow, opened = map(
+            int, rows[alias][3:9]
+        )
+        assert (size, max_overflow, checked_out, idle, overflow) == (5, 10, 0, 1, 0)
+        assert opened >= 1
+    assert "This process's pools" in lines[-1]
+
+
+@pytest.mark.postgres
+@pytest.mark.mysql
+def test_status__json_is_pool_status():
+    use("default")
+    out, _ = djpool("status", "--json")
+    expected = {alias: s.as_dict() for alias, s in djpoolapp.pool_status().items()}
+    assert json.loads(out) == expected
+    assert expected["default"]["idle"] == 1
+
+
+@pytest.mark.postgres
+def test_status__one_alias_and_unknown_alias():
+    out, _ = djpool("status", "--json", "--database", "default")
+    assert list(json.loads(out)) == ["default"]
+    with pytest.raises(CommandError, match="database alias 'lite' is not pooled"):
+        djpool("status", "--database", "lite")
+
+
+# -- check -------------------------------------------------------------------
+@pytest.mark.parametrize("alias", ALIASES)
+def test_check__server_tls_and_timings(alias):
+    vendor = connections[alias].vendor
+    out, _ = djpool("check", "--database", alias)
+    version_sql = {"postgresql": "SHOW server_version", "mysql": "SELECT VERSION()"}
+    version = server_value(alias, version_sql[vendor])
+    assert f"  server          {connections[alias].display_name} {version}\n" in out
+    expected_tls = "yes (" if server_tls(alias) else "no\n"
+    assert f"  TLS             {expected_tls}" in out
+    times = {
+        label: float(value)
+        for label, value in re.findall(r"^  ([a-z ]+?) +([0-9.]+) ms", out, re.M)
+    }
+    assert set(times) == {"new connection", "checkout", "checkin", "round trip"}
+    assert all(value > 0 for value in times.values())
+    assert times["checkout"] < times["new connection"]  # what the pool is for
+    limit = server_value(
+        alias,
+        "SHOW max_connections"
+        if vendor == "postgresql"
+        else "SELECT @@max_connections",
+    )
+    assert (
+        f"pool_size 5 + max_overflow 10 = 15 per process; server max_connections {limit}"
+        in out
+    )
+    assert out.rstrip().endswith("OK: 1 alias(es) reachable through the pool.")
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_check__report_figures(alias):
+    connections[alias].close()
+    opened = djpoolapp.pool_status(alias)[alias].opened
+    report = bench.check_alias(alias, samples=5)
+    status = djpoolapp.pool_status(alias)[alias]
+    assert status.checked_out == 0  # all returned
+    assert status.opened - opened <= 1  # timed on one pooled connection
+    assert (report.alias, report.vendor) == (alias, connections[alias].vendor)
+    assert report.tls_in_use is server_tls(alias)
+    assert report.database.endswith("/" + connections[alias].settings_dict["NAME"])
+    assert 0 < report.checkout_ms < report.connect_ms
+    assert 0 < report.round_trip_ms < 1000
+
+
+@pytest.fixture
+def unreachable(monkeypatch):
+    """Point an alias at a port nobody listens on (restored afterwards)."""
+
+    def point(alias: str) -> None:
+        connections[alias].close()
+        monkeypatch.setitem(connections[alias].settings_dict, "PORT", "1")
+
+    yield point
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_check__unreachable_alias_is_a_clear_command_error(alias, unreachable):
+    unreachable(alias)
+    with pytest.raises(CommandError) as raised:
+        djpool("check", "--database", alias)
+    message = str(raised.value)
+    name = connections[alias].settings_dict["NAME"]
+    assert message.startswith(
+        f"djpool check failed: database alias '{alias}' (root@127.0.0.1:1/{name}) "
+        "is unreachable: "
+    )
+    assert re.search(r"refused|Can't connect", message)
+    assert raised.value.returncode == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.mysql
+def test_check__reports_the_reachable_aliases_then_fails(unreachable):
+    unreachable("mysql")
+    out, err = StringIO(), StringIO()
+    with pytest.raises(CommandError, match="database alias 'mysql'"):
+        call_command("djpool", "check", stdout=out, stderr=err)
+    assert out.getvalue().startswith("default (postgresql, ")
+    assert err.getvalue().startswith("mysql: FAILED: database alias 'mysql'")
+
+
+@pytest.mark.postgres
+def test_check__command_line_exit_code_without_then_with_traceback(unreachable, capsys):
+    unreachable("default")
+    argv = ["manage.py", "djpool", "check", "--database", "default"]
+    with pytest.raises(SystemExit) as exited:
+        ManagementUtility(argv).execute()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "CommandError: djpool check failed: database alias 'default'" in err
+    assert "Traceback" not in err
+    with pytest.raises(CommandError, match="database alias 'default'"):
+        ManagementUtility([*argv, "--traceback"]).execute()
+
+
+# -- bench -------------------------------------------------------------------
+def bench_table(out: str) -> dict[str, list[str]]:
+    return {
+        label: line.split()[-4:]
+        for line in out.splitlines()
+        for label in ("without pool", "with pool")
+        if line.startswith(f"  {label}  ")
+    }
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_bench__without_and_with_pool(alias):
+    items = Item.objects.using(alias).count()
+    tables = connections[alias].introspection.table_names()
+    out, _ = djpool("bench", "--database", alias, "--requests", "40")
+    table = bench_table(out)
+    assert set(table) == {"without pool", "with pool"}
+    assert table["without pool"][3] == "40"  # a new server session per request
+    assert table["with pool"][3] == "1"  # one thread: one pooled session
+    for p50, p95, rate, _ in table.values():
+        assert 0 < float(p50) <= float(p95)
+        assert float(rate) > 0
+    assert re.search(r"with the pool: [0-9.]+x faster at p50", out)
+    # Read-only, and everything put back.
+    assert Item.objects.using(alias).count() == items
+    assert connections[alias].introspection.table_names() == tables
+    assert patch.is_installed()
+    assert connections[alias].settings_dict["CONN_MAX_AGE"] == 0
+    assert djpoolapp.pool_status(alias)[alias].checked_out == 0
+
+
+@pytest.mark.postgres
+def test_bench__pool_beats_a_connection_per_request_on_postgres():
+    result = bench.run_bench("default", requests=60, threads=2)
+    assert result.unpooled.sessions == 60
+    assert 1 <= result.pooled.sessions <= 2
+    assert result.pooled.p50 < result.unpooled.p50
+    assert result.pooled.requests_per_second > result.unpooled.requests_per_second
+    assert result.speedup_p50 > 1
+
+
+@pytest.mark.mysql
+def test_bench__threads_share_the_pool(server_sessions):
+    result = bench.run_bench("mysql", requests=80, threads=4)
+    assert result.unpooled.sessions == 80
+    assert 1 <= result.pooled.sessions <= 4
+    assert len(result.pooled.latencies) == 80
+    assert server_sessions("mysql") <= 4  # what the pool keeps open afterwards
+
+
+@pytest.mark.postgres
+def test_bench__restores_the_aliases_conn_max_age(monkeypatch):
+    monkeypatch.setitem(connections["default"].settings_dict, "CONN_MAX_AGE", 30)
+    result = bench.run_bench("default", requests=5)
+    assert result.unpooled.sessions == 5  # forced to 0 during the run
+    assert connections["default"].settings_dict["CONN_MAX_AGE"] == 30
+
+
+@pytest.mark.postgres
+def test_bench__progress_lines_on_long_runs(monkeypatch):
+    calls: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(bench, "PROGRESS_EVERY", 0.0)
+    bench.run_bench("default", requests=60, progress=lambda *call: calls.append(call))
+    labels = {label for label, _, _ in calls}
+    assert "without pool" in labels
+    assert all(0 <= done <= total == 60 for _, done, total in calls)
+
+
+@pytest.mark.postgres
+def test_bench__works_with_a_strict_project_setup():
+    strict = {
+        "ALLOWED_HOSTS": ["www.example.com"],
+        "SECURE_SSL_REDIRECT": True,
+        "MIDDLEWARE": [
+            "django.middleware.security.SecurityMiddleware",
+            "django.middleware.common.CommonMiddleware",
+        ],
+    }
+    with override_settings(**strict):
+        result = bench.run_bench("default", requests=5)
+    assert result.pooled.sessions == 1
+
+
+@pytest.mark.postgres
+def test_bench__http_errors_are_reported():
+    common = ["django.middleware.common.CommonMiddleware"]
+    with override_settings(ALLOWED_HOSTS=[], DEBUG=False, MIDDLEWARE=common):
+        with pytest.raises(
+            CommandError, match="djpool bench: the benchmark request answered HTTP 400"
+        ):
+            djpool("bench", "--requests", "3")
+    assert patch.is_installed()
+
+
+def test_bench__unpooled_alias_is_a_command_error():
+    with pytest.raises(
+        CommandError, match="database alias 'lite' is not pooled by djpoolapp"
+    ):
+        djpool("bench", "--database", "lite")
+
+
+@pytest.mark.postgres
+def test_bench__unreachable_alias_is_a_command_error(unreachable):
+    unreachable("default")
+    with pytest.raises(
+        CommandError, match=r"djpool bench: database alias 'default' .* is unreachable"
+    ):
+        djpool("bench", "--requests", "3")
