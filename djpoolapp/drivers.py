@@ -14,6 +14,7 @@ import functools
 import os
 import re
 import select
+import weakref
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,15 @@ class PooledConnection:
     _djpool_discard: bool = False
     _djpool_created_at: float = 0.0
     _djpool_returned_at: float = 0.0
+    #: Cursors Django created on it while checked out (weakly held); those
+    #: still open at checkin are closed then (see AliasPool.checkin).
+    _djpool_cursors: weakref.WeakSet[Any] | None = None
+
+    def _djpool_track_cursor(self, cursor: Any) -> None:
+        cursors = self._djpool_cursors
+        if cursors is None:
+            cursors = self._djpool_cursors = weakref.WeakSet()
+        cursors.add(cursor)
 
     def close(self) -> None:
         fairy = self._djpool_fairy

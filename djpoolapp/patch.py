@@ -132,6 +132,21 @@ def _wrap_init_connection_state(original: Callable[..., Any]) -> Callable[..., A
     return init_connection_state
 
 
+def _wrap_create_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def create_cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
+        cursor = original(self, *args, **kwargs)
+        connection = self.connection
+        if isinstance(connection, PooledConnection):
+            # Closed at checkin if still open: a cursor must not outlive
+            # the checkout (see AliasPool.checkin).
+            connection._djpool_track_cursor(cursor)
+        return cursor
+
+    create_cursor._djpool_patched = True  # type: ignore[attr-defined]
+    return create_cursor
+
+
 def _wrap_nodb_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def _nodb_cursor(self: Any) -> Any:
@@ -146,6 +161,7 @@ _WRAPPERS = {
     "get_new_connection": _wrap_get_new_connection,
     "_close": _wrap_close,
     "init_connection_state": _wrap_init_connection_state,
+    "create_cursor": _wrap_create_cursor,
     "_nodb_cursor": _wrap_nodb_cursor,
 }
 
