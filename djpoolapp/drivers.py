@@ -37,6 +37,8 @@ class PooledConnection:
     _djpool_discard: bool = False
     _djpool_created_at: float = 0.0
     _djpool_returned_at: float = 0.0
+    #: ``(fd, device, inode)`` of its socket when opened (Driver.socket_fd).
+    _djpool_socket: tuple[int, int, int] | None = None
     #: Cursors Django created on it while checked out (weakly held); those
     #: still open at checkin are closed then (see AliasPool.checkin).
     _djpool_cursors: weakref.WeakSet[Any] | None = None
@@ -152,9 +154,44 @@ class Driver:
         """Whether a transaction is open, from client-side state; None: unknown."""
         return None
 
-    def has_pending_input(self, conn: Any) -> bool:
+    def socket_identity(self, conn: Any) -> tuple[int, int, int] | None:
+        """``(fd, device, inode)`` of the connection's socket, recorded when
+        it is opened (see :meth:`socket_fd`); None if it has none."""
         try:
-            return _has_pending_input(conn.fileno())
+            fd = conn.fileno()
+            stat = os.fstat(fd)
+        except Exception:
+            return None
+        return fd, stat.st_dev, stat.st_ino
+
+    def socket_fd(self, conn: Any) -> int | None:
+        """The connection's socket descriptor, or None if it has none open.
+
+        After a lost connection mysqlclient closes its socket but keeps
+        reporting the old number, which the process may since have given
+        to another file or socket: the number is trusted only while it
+        still names the socket recorded at connect time.
+        """
+        try:
+            fd = int(conn.fileno())
+        except Exception:
+            return None
+        identity = getattr(conn, "_djpool_socket", None)
+        if identity is None:
+            return fd if fd >= 0 else None
+        try:
+            stat = os.fstat(fd)
+        except OSError:
+            return None
+        same = (fd, stat.st_dev, stat.st_ino) == identity
+        return fd if same else None
+
+    def has_pending_input(self, conn: Any) -> bool:
+        fd = self.socket_fd(conn)
+        if fd is None:
+            return True  # no socket of its own: let the real ping decide
+        try:
+            return _has_pending_input(fd)
         except Exception:
             return True  # cannot tell: let the real ping decide
 
@@ -169,11 +206,8 @@ class Driver:
     def neutralise(self, conn: Any, devnull: int) -> None:
         """After fork: point the inherited socket at /dev/null so that nothing
         the child does (close, GC) reaches the parent's server session."""
-        try:
-            fd = conn.fileno()
-        except Exception:
-            return
-        if fd >= 0:
+        fd = self.socket_fd(conn)
+        if fd is not None:
             os.dup2(devnull, fd)
 
 

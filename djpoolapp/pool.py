@@ -193,6 +193,7 @@ class AliasPool:
         conn = self.driver.connect(self.connect_kwargs)
         self.stats.add_connect_time(time.perf_counter() - started)
         conn._djpool_pool = self
+        conn._djpool_socket = self.driver.socket_identity(conn)
         conn._djpool_created_at = conn._djpool_returned_at = time.monotonic()
         _live_connections.add(conn)
         with self._open_lock:
