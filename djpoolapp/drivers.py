@@ -211,11 +211,30 @@ class Driver:
             os.dup2(devnull, fd)
 
 
-class PsycopgDriver(Driver):
+class PostgresDriver(Driver):
+    """What psycopg 3 and psycopg2 share."""
+
+    vendor = "postgresql"
+
+    def ping(self, conn: Any) -> None:
+        # In autocommit, so that the ping never leaves a transaction open
+        # (Django's next `autocommit = True` would fail on INTRANS).  Both
+        # drivers switch autocommit client-side, without a round trip.
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        finally:
+            if not autocommit and not conn.closed:
+                conn.autocommit = False
+
+
+class PsycopgDriver(PostgresDriver):
     """psycopg 3."""
 
     module_name = "psycopg"
-    vendor = "postgresql"
 
     def connect(self, kwargs: dict[str, Any]) -> Any:
         connection_class: Any = pooled_class(self.module.Connection)
@@ -228,25 +247,11 @@ class PsycopgDriver(Driver):
         idle = self.module.pq.TransactionStatus.IDLE
         return bool(conn.info.transaction_status != idle)
 
-    def ping(self, conn: Any) -> None:
-        # In autocommit, so that the ping never leaves a transaction open
-        # (Django's next `autocommit = True` would fail on INTRANS).
-        autocommit = conn.autocommit
-        if not autocommit:
-            conn.autocommit = True
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute("SELECT 1")
-        finally:
-            if not autocommit and not conn.closed:
-                conn.autocommit = False
 
-
-class Psycopg2Driver(Driver):
+class Psycopg2Driver(PostgresDriver):
     """psycopg2 (and psycopg2-binary)."""
 
     module_name = "psycopg2"
-    vendor = "postgresql"
 
     def connect(self, kwargs: dict[str, Any]) -> Any:
         kwargs = dict(kwargs)
@@ -263,17 +268,6 @@ class Psycopg2Driver(Driver):
             conn.get_transaction_status()
             != self.module.extensions.TRANSACTION_STATUS_IDLE
         )
-
-    def ping(self, conn: Any) -> None:
-        autocommit = conn.autocommit
-        if not autocommit:
-            conn.autocommit = True
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute("SELECT 1")
-        finally:
-            if not autocommit and not conn.closed:
-                conn.autocommit = False
 
 
 class MySQLdbDriver(Driver):
