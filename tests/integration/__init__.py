@@ -1,0 +1,10 @@
+"""Integration tests: real servers (gunicorn, uvicorn, PgBouncer, forked
+worker pools) in front of the real databases, on 127.0.0.1.
+
+The pool options of the servers under test live here, so that the settings
+module and the tests' bounds read the same numbers: small pools, so that the
+bound processes x (pool_size + max_overflow) is reached under load.
+"""
+
+POOL_SIZE = 2
+MAX_OVERFLOW = 2

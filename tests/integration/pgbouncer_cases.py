@@ -1,0 +1,100 @@
+"""Pooling through PgBouncer, seen from PgBouncer.
+
+Not collected by itself (no ``test_`` prefix): test_pgbouncer.py runs it in
+a nested pytest whose ``default`` alias goes through PgBouncer in transaction
+mode, next to the core ORM and pooling tests.  There, pg_stat_activity shows
+PgBouncer's server connections, not Django's: what djpoolapp pools are the
+*client* connections to PgBouncer, counted by ``SHOW CLIENTS`` and by the
+"login attempt" lines of PgBouncer's log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connections
+
+from djpoolapp.pool import registry
+from tests.conftest import driver_module
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+]
+
+PGBOUNCER_PORT = int(os.environ.get("DJPOOL_IT_PGBOUNCER_PORT", "0"))
+LOG = Path(os.environ.get("DJPOOL_IT_PGBOUNCER_LOG", "/nonexistent"))
+
+
+def test_default_alias__goes_through_pgbouncer():
+    settings_dict = connections["default"].settings_dict
+    assert int(settings_dict["PORT"]) == PGBOUNCER_PORT
+    assert settings_dict["DISABLE_SERVER_SIDE_CURSORS"] is True
+
+
+def show(command: str) -> list[dict[str, Any]]:
+    """A command of PgBouncer's admin console (simple query protocol only)."""
+    module = driver_module("default")
+    kwargs = {"host": "127.0.0.1", "port": PGBOUNCER_PORT, "user": "root"}
+    if module.__name__ == "psycopg":
+        conn = module.connect(
+            dbname="pgbouncer", autocommit=True, cursor_factory=module.ClientCursor,
+            **kwargs,
+        )  # fmt: skip
+    else:
+        conn = module.connect(dbname="pgbouncer", **kwargs)
+        conn.autocommit = True
+    try:
+        cursor = conn.cursor()
+        cursor.execute(command)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    finally:
+        conn.close()
+
+
+def clients_of_test_database() -> int:
+    name = connections["default"].settings_dict["NAME"]
+    return sum(1 for row in show("SHOW CLIENTS") if row["database"] == name)
+
+
+def logins() -> int:
+    """Client logins to this run's test database, from PgBouncer's log."""
+    name = connections["default"].settings_dict["NAME"]
+    pattern = re.compile(rf"login attempt: db={re.escape(name)} ")
+    return len(pattern.findall(LOG.read_text(errors="replace")))
+
+
+def wait_for_clients(expected: int, timeout: float = 5.0) -> int:
+    deadline = time.monotonic() + timeout
+    while (
+        found := clients_of_test_database()
+    ) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def test_pgbouncer__pooled_requests_log_in_once(request_cycle):
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+    registry.dispose()
+    before = logins()
+    for _ in range(50):
+        status, body = request_cycle("/session/default/")
+        assert status == 200, body
+    assert logins() - before <= 1
+    assert wait_for_clients(1) == 1  # kept open, idle in djpoolapp's pool
+
+
+def test_pgbouncer__stock_django_logs_in_once_per_request(request_cycle, unpatched):
+    before = logins()
+    for _ in range(20):
+        status, body = request_cycle("/session/default/")
+        assert status == 200, body
+    assert logins() - before == 20
+    assert wait_for_clients(0) == 0
