@@ -39,15 +39,18 @@ class PooledConnection:
     _djpool_returned_at: float = 0.0
     #: ``(fd, device, inode)`` of its socket when opened (Driver.socket_fd).
     _djpool_socket: tuple[int, int, int] | None = None
-    #: Cursors Django created on it while checked out (weakly held); those
-    #: still open at checkin are closed then (see AliasPool.checkin).
-    _djpool_cursors: weakref.WeakSet[Any] | None = None
+    #: Cursors Django created on it while checked out (weak references);
+    #: those still open at checkin are closed then (see AliasPool.checkin).
+    _djpool_cursors: list[weakref.ref[Any]] | None = None
+    #: True from a checkin that left no transaction open to the next checkout.
+    _djpool_clean: bool = False
 
     def _djpool_track_cursor(self, cursor: Any) -> None:
         cursors = self._djpool_cursors
         if cursors is None:
-            cursors = self._djpool_cursors = weakref.WeakSet()
-        cursors.add(cursor)
+            self._djpool_cursors = [weakref.ref(cursor)]
+        else:
+            cursors.append(weakref.ref(cursor))
 
     def close(self) -> None:
         fairy = self._djpool_fairy
@@ -130,6 +133,9 @@ class Driver:
     #: ``__name__`` of the DB-API module this adapter handles.
     module_name = ""
     vendor = ""
+    #: Its connections note statements that change session state, so that
+    #: Django's session set-up can be skipped when nothing changed.
+    tracks_session_statements = False
 
     def __init__(self, module: ModuleType) -> None:
         self.module = module
@@ -187,11 +193,8 @@ class Driver:
         return fd if same else None
 
     def has_pending_input(self, conn: Any) -> bool:
-        fd = self.socket_fd(conn)
-        if fd is None:
-            return True  # no socket of its own: let the real ping decide
         try:
-            return _has_pending_input(fd)
+            return _has_pending_input(conn.fileno())
         except Exception:
             return True  # cannot tell: let the real ping decide
 
@@ -275,6 +278,7 @@ class MySQLdbDriver(Driver):
 
     module_name = "MySQLdb"
     vendor = "mysql"
+    tracks_session_statements = True
 
     def connect(self, kwargs: dict[str, Any]) -> Any:
         from MySQLdb.connections import Connection
@@ -283,6 +287,17 @@ class MySQLdbDriver(Driver):
 
     def is_broken(self, conn: Any) -> bool:
         return not conn.open
+
+    def has_pending_input(self, conn: Any) -> bool:
+        # mysqlclient keeps reporting the number of a socket it closed after
+        # a lost connection: poll it only while it is still that socket.
+        fd = self.socket_fd(conn)
+        if fd is None:
+            return True  # no socket of its own: let the real ping decide
+        try:
+            return _has_pending_input(fd)
+        except Exception:
+            return True
 
     def in_transaction(self, conn: Any) -> bool:
         # get_autocommit() reads the status flags of the server's last reply.

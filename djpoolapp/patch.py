@@ -36,7 +36,7 @@ from typing import Any
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from .drivers import DRIVERS, PooledConnection
+from .drivers import DRIVERS, PooledConnection, driver_for
 from .pool import registry
 
 logger = logging.getLogger("djpoolapp")
@@ -178,7 +178,12 @@ def install(wrapper_class: type[BaseDatabaseWrapper]) -> None:
             _set(module, "Database", _module_proxy(module.__dict__["Database"]))
         if _is_driver_module(klass.__dict__.get("Database")):
             _set(klass, "Database", _module_proxy(klass.__dict__["Database"]))
+    driver = driver_for(getattr(wrapper_class, "Database", None))
     for name, wrap in _WRAPPERS.items():
+        if name == "init_connection_state" and not (
+            driver and driver.tracks_session_statements
+        ):
+            continue  # only a driver that watches SET statements can skip it
         current = getattr(wrapper_class, name)
         if getattr(current, "_djpool_patched", False):
             continue  # inherited from a class already patched

@@ -245,8 +245,9 @@ class AliasPool:
             # (A connection the driver knows is broken never reaches the pool:
             # checkin invalidates it.  One the server closed while idle has
             # input pending, so the ping below runs and fails.)
-            if driver.in_transaction(conn):  # known open: hand it out clean
-                driver.end_transaction(conn)
+            if not conn._djpool_clean and driver.in_transaction(conn):
+                driver.end_transaction(conn)  # known open: hand it out clean
+            conn._djpool_clean = False
             if self._pre_ping and (
                 now - conn._djpool_returned_at >= self._ping_after_idle
                 or driver.has_pending_input(conn)
@@ -261,7 +262,10 @@ class AliasPool:
         """Reset and return a connection Django closed, or invalidate it."""
         conn._djpool_returned_at = time.monotonic()
         cursors = conn._djpool_cursors
-        reason = self._close_cursors(cursors) if cursors else None
+        reason = None
+        if cursors:
+            conn._djpool_cursors = None
+            reason = self._close_cursors(cursors)
         if reason is not None or conn._djpool_discard:
             conn._djpool_discard = False
             reason = reason or sa_exc.DisconnectionError("Django saw an error on it")
@@ -273,6 +277,7 @@ class AliasPool:
             try:
                 if self.driver.in_transaction(conn) is not False:
                     self.driver.end_transaction(conn, commit=self._reset == "commit")
+                conn._djpool_clean = True
             except Exception as error:
                 reason = error
         if reason is None:
@@ -295,12 +300,14 @@ class AliasPool:
         cursor is inert: ``close()`` again does nothing, using it raises.
         """
         failure: BaseException | None = None
-        for cursor in list(cursors):
+        for reference in cursors:
+            cursor = reference()
+            if cursor is None:
+                continue  # already garbage: closed with it
             try:
                 cursor.close()
             except Exception as error:
                 failure = failure or error
-        cursors.clear()
         return failure
 
     def _announce_checkin(self, conn: Any, reason: BaseException | None) -> None:
