@@ -58,12 +58,18 @@ def monitor_connection(alias: str) -> Any:
         # they break behind PgBouncer in transaction mode (tests/integration).
         extra = {"prepare_threshold": None} if module.__name__ == "psycopg" else {}
         conn = module.connect(
-            host=conf["HOST"], port=int(conf["PORT"]), user=conf["USER"],
-            password=conf["PASSWORD"], dbname="postgres", **extra,
+            host=conf["HOST"],
+            port=int(conf["PORT"]),
+            user=conf["USER"],
+            password=conf["PASSWORD"],
+            dbname="postgres",
+            **extra,
         )
     else:
         conn = module.connect(
-            host=conf["HOST"], port=int(conf["PORT"]), user=conf["USER"],
+            host=conf["HOST"],
+            port=int(conf["PORT"]),
+            user=conf["USER"],
             password=conf["PASSWORD"],
         )
     if connections[alias].vendor == "postgresql":

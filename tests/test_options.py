@@ -10,8 +10,7 @@ from django.db import connections
 from django.test import override_settings
 
 import djpoolapp
-from djpoolapp.drivers import PooledConnection
-from djpoolapp.drivers import driver_for
+from djpoolapp.drivers import PooledConnection, driver_for
 from djpoolapp.pool import pool_options
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")

@@ -18,8 +18,15 @@ from tests.conftest import ALIASES, driver_module
 
 ROOT = Path(__file__).resolve().parent.parent
 EXCEPTIONS = [
-    "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
-    "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
+    "Error",
+    "InterfaceError",
+    "DatabaseError",
+    "DataError",
+    "OperationalError",
+    "IntegrityError",
+    "InternalError",
+    "ProgrammingError",
+    "NotSupportedError",
 ]
 
 
@@ -34,7 +41,9 @@ def test_database_module__exceptions_are_the_drivers_own(alias):
 
 def test_database_module__patched_where_django_calls_connect():
     # PostgreSQL calls self.Database.connect(); MySQL the module global.
-    assert isinstance(postgresql_base.DatabaseWrapper.Database, patch.PooledDatabaseModule)
+    assert isinstance(
+        postgresql_base.DatabaseWrapper.Database, patch.PooledDatabaseModule
+    )
     assert isinstance(mysql_base.Database, patch.PooledDatabaseModule)
 
 

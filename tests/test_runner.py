@@ -46,7 +46,11 @@ def run(args: list[str], run_id: str) -> subprocess.CompletedProcess[str]:
         "PYTHONWARNINGS": "error::ResourceWarning",
     }
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
@@ -55,8 +59,17 @@ def run(args: list[str], run_id: str) -> subprocess.CompletedProcess[str]:
 def test_django_runner__creates_uses_and_drops_test_databases(parallel):
     run_id = f"r{uuid.uuid4().hex[:8]}"
     result = run(
-        ["-m", "django", "test", "tests.runner_app", "--parallel", parallel,
-         "--noinput", "-v", "2"],
+        [
+            "-m",
+            "django",
+            "test",
+            "tests.runner_app",
+            "--parallel",
+            parallel,
+            "--noinput",
+            "-v",
+            "2",
+        ],
         run_id,
     )
     output = result.stdout + result.stderr
@@ -71,9 +84,18 @@ def test_django_runner__creates_uses_and_drops_test_databases(parallel):
 def test_pytest_django__drops_its_test_databases():
     run_id = f"p{uuid.uuid4().hex[:8]}"
     result = run(
-        ["-m", "pytest", "-p", "no:cacheprovider", "-q",
-         "-W", "error", "tests/runner_app/tests.py",
-         "--ds", "tests.runner_settings"],
+        [
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-W",
+            "error",
+            "tests/runner_app/tests.py",
+            "--ds",
+            "tests.runner_settings",
+        ],
         run_id,
     )
     output = result.stdout + result.stderr

@@ -18,7 +18,9 @@ class PooledTestCase(TestCase):
             Item.objects.using(alias).create(name="one")
             self.assertEqual(Item.objects.using(alias).count(), 1)
             self.assertIsInstance(connections[alias].connection, PooledConnection)
-            self.assertTrue(connections[alias].settings_dict["NAME"].startswith("test_"))
+            self.assertTrue(
+                connections[alias].settings_dict["NAME"].startswith("test_")
+            )
 
     def test_again_starts_empty(self):
         for alias in self.databases:

@@ -149,7 +149,10 @@ def test_legacy_djorm_settings__understood_with_a_rename_warning():
     )
     assert "DJORM_POOL_OPTIONS['echo'] has no equivalent" in messages[1]
     assert config.for_alias("default") == {
-        **conf.DEFAULTS, "pool_size": 7, "max_overflow": 0, "recycle": 600,
+        **conf.DEFAULTS,
+        "pool_size": 7,
+        "max_overflow": 0,
+        "recycle": 600,
         "pre_ping": False,
     }
 

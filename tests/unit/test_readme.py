@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import textwrap
 from pathlib import Path
 
 from djpoolapp import conf
@@ -27,22 +28,29 @@ def test_readme_options_table__lists_every_option_with_its_default():
 
 def test_readme_options_table__meanings_come_from_the_help_texts():
     for name, option in conf.OPTIONS.items():
-        first_words = " ".join(option.help.split()[:4]).replace("djpoolapp.PoolTimeout", "")
+        first_words = " ".join(option.help.split()[:4]).replace(
+            "djpoolapp.PoolTimeout", ""
+        )
         row = README.split(f"   * - ``{name}``", 1)[1].split("   * - ", 1)[0]
         assert " ".join(row.split())  # the row exists
         assert first_words.split()[0] in row, (name, first_words)
 
 
 def code_blocks(language: str) -> list[str]:
-    """The README's ``.. code-block:: <language>`` bodies, dedented."""
+    """The README's ``.. code-block:: <language>`` bodies, dedented (also
+    when the directive itself is indented, e.g. inside a list item)."""
     blocks = []
-    for part in README.split(f".. code-block:: {language}\n")[1:]:
-        lines = []
-        for line in part.split("\n")[1:]:
-            if line and not line.startswith("   "):
+    lines = README.split("\n")
+    for number, line in enumerate(lines):
+        if line.strip() != f".. code-block:: {language}":
+            continue
+        indent = len(line) - len(line.lstrip())
+        body = []
+        for following in lines[number + 1 :]:
+            if following.strip() and len(following) - len(following.lstrip()) <= indent:
                 break
-            lines.append(line[3:])
-        blocks.append("\n".join(lines).strip())
+            body.append(following)
+        blocks.append(textwrap.dedent("\n".join(body)).strip())
     return blocks
 
 
@@ -67,11 +75,13 @@ def test_readme_console_blocks__name_real_extras_and_sessions():
     noxfile = (root / "noxfile.py").read_text()
     ci = (root / ".ci" / "run").read_text()
     commands = [
-        line[2:] for block in code_blocks("console")
-        for line in block.splitlines() if line.startswith("$ ")
+        line[2:]
+        for block in code_blocks("console")
+        for line in block.splitlines()
+        if line.startswith("$ ")
     ]
     for command in commands:
-        for extra in re.findall(r'djpoolapp\[(\w+)\]', command):
+        for extra in re.findall(r"djpoolapp\[(\w+)\]", command):
             assert f"\n{extra} =" in setup_cfg, command
         for session in re.findall(r"nox -s ([\w-]+)", command):
             assert f'"{session}"' in noxfile or f"def {session}(" in noxfile, command
