@@ -122,8 +122,11 @@ def prepare(databases: list[str]) -> tuple[list[str], dict[str, str], list[str]]
         if database == "postgres-tls":
             try:
                 notes.append(ensure_postgres_tls(lambda: monitor.connect("postgres")))
-            except (TLSUnavailable, OSError, subprocess.SubprocessError) as error:
+            except TLSUnavailable as error:
                 notes.append(f"skipped postgres-tls: {error}")
+                continue
+            except Exception as error:  # openssl, file system, ALTER SYSTEM
+                notes.append(f"skipped postgres-tls: {type(error).__name__}: {error}")
                 continue
         ready.append(database)
     return ready, headers, notes
