@@ -6,5 +6,16 @@ module and the tests' bounds read the same numbers: small pools, so that the
 bound processes x (pool_size + max_overflow) is reached under load.
 """
 
+import pytest
+
+#: Marks of the tests that run a server against both databases.
+BOTH_DATABASES = [
+    pytest.mark.slow,
+    pytest.mark.integration,
+    pytest.mark.postgres,
+    pytest.mark.mysql,
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+]
+
 POOL_SIZE = 2
 MAX_OVERFLOW = 2

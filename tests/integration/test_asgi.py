@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.integration import MAX_OVERFLOW, POOL_SIZE
+from tests.integration import BOTH_DATABASES, MAX_OVERFLOW, POOL_SIZE
 from tests.integration.conftest import (
     SessionSampler,
     get,
@@ -26,13 +26,7 @@ from tests.integration.conftest import (
     server_env,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.integration,
-    pytest.mark.postgres,
-    pytest.mark.mysql,
-    pytest.mark.django_db(transaction=True, databases="__all__"),
-]
+pytestmark = BOTH_DATABASES
 
 VIEWS = {"default": "postgres", "mysql": "mariadb"}
 

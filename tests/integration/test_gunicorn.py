@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import MAX_OVERFLOW, POOL_SIZE
+from tests.integration import BOTH_DATABASES, MAX_OVERFLOW, POOL_SIZE
 from tests.integration.conftest import (
     LOAD_CONNECTIONS,
     Load,
@@ -33,13 +33,7 @@ from tests.integration.conftest import (
     server_env,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.integration,
-    pytest.mark.postgres,
-    pytest.mark.mysql,
-    pytest.mark.django_db(transaction=True, databases="__all__"),
-]
+pytestmark = BOTH_DATABASES
 
 WORKERS = 2
 CASES = {

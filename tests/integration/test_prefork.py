@@ -17,21 +17,15 @@ import warnings
 from collections import defaultdict
 from typing import Any
 
-import pytest
 from django.db import connections
 
 from djpoolapp.drivers import PooledConnection
+from tests.integration import BOTH_DATABASES
 from tests.integration.conftest import Monitor
 from tests.integration.views import session_id
 from tests.testapp.models import Item
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.integration,
-    pytest.mark.postgres,
-    pytest.mark.mysql,
-    pytest.mark.django_db(transaction=True, databases="__all__"),
-]
+pytestmark = BOTH_DATABASES
 
 WORKERS = 4
 TASKS = 32
