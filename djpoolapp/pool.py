@@ -29,7 +29,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.pool.base import _ConnDialect
 
-from .conf import get_config
+from .conf import Config, get_config
 from .drivers import Driver, PooledConnection, SQLiteDriver, driver_for
 from .exceptions import PoolTimeout
 from .signals import connection_checked_in, connection_checked_out
@@ -133,7 +133,20 @@ def describe(kwargs: dict[str, Any]) -> str:
     return f"{user + '@' if user else ''}{where}/{database}"
 
 
-class AliasPool:
+class _Entry:
+    """A registry entry: what one alias connects with, pooled or not."""
+
+    connect_kwargs: dict[str, Any]
+    settings_options: dict[str, Any]
+
+    def matches(self, kwargs: dict[str, Any], settings_options: dict[str, Any]) -> bool:
+        """Same connect arguments and OPTIONS: its connections may be reused."""
+        return (
+            kwargs == self.connect_kwargs and settings_options == self.settings_options
+        )
+
+
+class AliasPool(_Entry):
     """The pool of one alias for one set of connect arguments."""
 
     def __init__(
@@ -180,11 +193,6 @@ class AliasPool:
             f"pool_size={self.options['pool_size']} "
             f"max_overflow={self.options['max_overflow']}"
             f"{' retired' if self.retired else ''}>"
-        )
-
-    def matches(self, kwargs: dict[str, Any], settings_options: dict[str, Any]) -> bool:
-        return (
-            kwargs == self.connect_kwargs and settings_options == self.settings_options
         )
 
     # -- the lifecycle -------------------------------------------------------
@@ -346,7 +354,7 @@ class AliasPool:
         logger.info("Disposed %r", self)
 
 
-class _Unpooled:
+class _Unpooled(_Entry):
     """Registry entry for connect arguments that pass straight to the driver."""
 
     retired = False
@@ -357,11 +365,6 @@ class _Unpooled:
         self.module = module
         self.connect_kwargs = dict(kwargs)
         self.settings_options = dict(settings_options)
-
-    def matches(self, kwargs: dict[str, Any], settings_options: dict[str, Any]) -> bool:
-        return (
-            kwargs == self.connect_kwargs and settings_options == self.settings_options
-        )
 
     def checkout(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self.module.connect(*args, **kwargs)
@@ -493,18 +496,29 @@ def pool_options(
     if alias not in connections.settings:
         return None  # e.g. Django's "__no_db__" maintenance connection
     config = get_config()
-    if config.disabled or driver is None:
+    options = _configured_options(config, alias, settings_dict)
+    if options is None or not _driver_pooled(config, alias, driver):
         return None
-    options = config.for_alias(alias)
-    if options is None:
+    assert driver is not None
+    return options if driver.can_pool(kwargs) else None
+
+
+def _configured_options(
+    config: Config, alias: str, settings_dict: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The alias's options, or None when settings alone keep it unpooled."""
+    if config.disabled:
         return None
     if settings_dict.get("OPTIONS", {}).get("pool"):
         return None  # Django's own pool owns this alias
-    if isinstance(driver, SQLiteDriver) and not config.names_alias(alias):
-        return None
-    if not driver.can_pool(kwargs):
-        return None
-    return options
+    return config.for_alias(alias)
+
+
+def _driver_pooled(config: Config, alias: str, driver: Driver | None) -> bool:
+    """Whether djpoolapp pools this driver for this alias."""
+    if driver is None:
+        return False
+    return not isinstance(driver, SQLiteDriver) or config.names_alias(alias)
 
 
 def pooled_backends() -> dict[str, type]:
@@ -518,21 +532,14 @@ def pooled_backends() -> dict[str, type]:
     from django.db.utils import load_backend
 
     config = get_config()
-    if config.disabled:
-        return {}
     found = {}
     for alias, settings_dict in connections.settings.items():
-        if config.for_alias(alias) is None:
-            continue
-        if settings_dict.get("OPTIONS", {}).get("pool"):
-            continue
+        if _configured_options(config, alias, settings_dict) is None:
+            continue  # before load_backend: an opted-out engine may not import
         wrapper_class = load_backend(settings_dict["ENGINE"]).DatabaseWrapper
         driver = driver_for(getattr(wrapper_class, "Database", None))
-        if driver is None:
-            continue
-        if isinstance(driver, SQLiteDriver) and not config.names_alias(alias):
-            continue
-        found[alias] = wrapper_class
+        if _driver_pooled(config, alias, driver):
+            found[alias] = wrapper_class
     return found
 
 
