@@ -1,11 +1,16 @@
 """Nox sessions for djpoolapp.
 
-``python3 -m nox`` runs the default sessions (the test suite on Python 3.11,
-once per PostgreSQL driver; it includes tests/integration, ~2.5 min of real
+``python3 -m nox`` runs the default sessions (the test suite on the Python
+that runs nox if it is 3.10-3.13, else the newest one on PATH, and an error
+when there is none; the whole suite with psycopg 3, then with psycopg2 the
+tests that touch PostgreSQL; it includes tests/integration, ~2.5 min of real
 gunicorn/uvicorn/PgBouncer servers that need ``wrk`` and ``pgbouncer`` from
 apt).  Other sessions:
 
 * ``nox -s example``   -- run the example project's ``demo`` command
+  (``-- serve`` runs its development server instead)
+* ``nox -s docs``      -- build the documentation site, warnings as errors
+* ``nox -s package``   -- build sdist and wheel, ``twine check`` them
 * ``nox -s lint``      -- ruff format --check, ruff check, mypy
 * ``nox -s matrix``    -- every supported Django x Python x driver cell
 * ``nox -s corners``   -- the oldest and the newest cell of that matrix
@@ -19,8 +24,11 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import shutil
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import nox
@@ -51,19 +59,16 @@ FOREIGN_DRIVER_DISTS = {
 }
 FOREIGN_DRIVER_MODULE = {"psycopg3": "psycopg2", "psycopg2": "psycopg"}
 
+# The supported versions come from one list, djpoolapp/_support.py (also
+# checked against setup.cfg and the README by tests/unit/test_support.py);
+# loaded by path: nox runs before any environment with Django exists.
+SUPPORT = runpy.run_path(str(ROOT / "djpoolapp" / "_support.py"))
 # Django feature release -> the Pythons it supports (within 3.10-3.13).
 DJANGO_PYTHONS = {
-    "4.2": ["3.10", "3.11", "3.12"],
-    "5.2": ["3.10", "3.11", "3.12", "3.13"],
-    "6.0": ["3.12", "3.13"],
+    django: list(SUPPORT["pythons"](django)) for django in SUPPORT["DJANGO"]
 }
-MATRIX = [
-    (python, django, driver)
-    for django, pythons in DJANGO_PYTHONS.items()
-    for python in pythons
-    for driver in DRIVER_EXTRAS
-]
-CORNERS = [("3.10", "4.2", "psycopg2"), ("3.13", "6.0", "psycopg3")]
+MATRIX = SUPPORT["matrix"]()
+CORNERS = SUPPORT["CORNERS"]
 
 RUFF = "ruff==0.17.6"
 LINT_PATHS = ["djpoolapp", "tests", "example_project", "noxfile.py"]
@@ -157,23 +162,76 @@ def _report_versions(session: nox.Session) -> None:
 
 def _run_pytest(session: nox.Session, driver: str) -> None:
     _report_versions(session)
-    session.run("pytest", *session.posargs, env={"DJPOOL_TEST_DRIVER": driver})
+    session.run(
+        "pytest", *TESTS_PYTEST_ARGS, *session.posargs,
+        env={"DJPOOL_TEST_DRIVER": driver},
+    )  # fmt: skip
+
+
+#: The default sessions' pytest options: private servers per xdist worker make
+#: the suite safe to run in parallel (2 workers for the 2-core reference
+#: machine; docs/testing.rst has the measurements), random order with the
+#: seed in the header (pytest-randomly), the slowest tests listed.
+TESTS_PYTEST_ARGS = ["-n", "2", "-p", "randomly", "--durations=15"]
+
+
+SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+
+
+def _any_supported_python() -> str | None:
+    """The interpreter for the sessions that need just one supported Python
+    (example, docs, package): the one running nox if it is supported, else
+    the newest ``python3.X`` on PATH; None when there is none."""
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" in SUPPORTED_PYTHONS:
+        return sys.executable
+    for version in reversed(SUPPORTED_PYTHONS):
+        if shutil.which(f"python{version}"):
+            return version
+    return None
+
+
+ANY_PYTHON = _any_supported_python()
+
+
+def _require_python(session: nox.Session) -> None:
+    if ANY_PYTHON is None:
+        session.error(
+            f"no supported Python found: this is Python {sys.version.split()[0]} "
+            f"and none of python{', python'.join(SUPPORTED_PYTHONS)} is on PATH. "
+            "Install one of them (e.g. apt-get install python3) and run "
+            "'python3 -m nox' with it"
+        )
+
+
+#: The default psycopg2 session runs only the tests that touch PostgreSQL:
+#: the others (MariaDB-only cases and files, tests/unit, tests/test_docs.py;
+#: ``never_touches_postgres`` in tests/conftest.py) cannot depend on the
+#: PostgreSQL driver and ran in tests-psycopg3 already.  The matrix and the
+#: corners run every test in each cell.
+SECOND_DRIVER_PYTEST_ARGS = {"psycopg2": ["--deselect-postgres-free"]}
 
 
 def _tests(session: nox.Session, driver: str) -> None:
+    _require_python(session)  # the README's command: never a silent skip
     _install_driver(session, driver, ["test", "mysql"])
-    _run_pytest(session, driver)
+    _report_versions(session)
+    session.run(
+        "pytest", *TESTS_PYTEST_ARGS, *SECOND_DRIVER_PYTEST_ARGS.get(driver, []),
+        *session.posargs,
+        env={"DJPOOL_TEST_DRIVER": driver},
+    )  # fmt: skip
 
 
-@nox.session(name="tests-psycopg3", python=DEFAULT_PYTHON)
+@nox.session(name="tests-psycopg3", python=ANY_PYTHON or False)
 def tests_psycopg3(session: nox.Session) -> None:
     """Test suite with psycopg 3 as the PostgreSQL driver."""
     _tests(session, "psycopg3")
 
 
-@nox.session(name="tests-psycopg2", python=DEFAULT_PYTHON)
+@nox.session(name="tests-psycopg2", python=ANY_PYTHON or False)
 def tests_psycopg2(session: nox.Session) -> None:
-    """Test suite with psycopg2 as the PostgreSQL driver (psycopg 3 absent)."""
+    """The tests that touch PostgreSQL, with psycopg2 as its driver (psycopg 3
+    absent); the others ran in tests-psycopg3 (``--deselect-postgres-free``)."""
     _tests(session, "psycopg2")
 
 
@@ -205,15 +263,30 @@ def matrix(session: nox.Session, django: str, driver: str) -> None:
     ids=[_cell_id(*cell) for cell in CORNERS],
 )
 def corners(session: nox.Session, django: str, driver: str) -> None:
-    """Oldest (Django 4.2, Python 3.10, psycopg2) and newest matrix cells."""
+    """Oldest and newest matrix cells (djpoolapp/_support.py CORNERS)."""
     _matrix_cell(session, django, driver)
 
 
-@nox.session(python=DEFAULT_PYTHON)
+@nox.session(python=ANY_PYTHON or False)
 def example(session: nox.Session) -> None:
-    """Run the example project's demo command."""
-    session.install("-e", ".[example,psycopg,mysql]")
-    session.run("python", "example_project/manage.py", "demo", *session.posargs)
+    """The example project: ``demo`` (default) or ``serve`` to browse it.
+
+    ``nox -s example`` migrates and runs the pooling demo; ``nox -s example
+    -- serve [ADDRPORT]`` also creates a staff user and runs the development
+    server (default 127.0.0.1:8000).  Other arguments go to ``demo``.
+    Runs on whichever supported Python runs nox (else the newest one found).
+    """
+    _require_python(session)
+    extras = ["example", "psycopg"]
+    legacy = os.environ.get("LEGACY_DATABASE_URL") or os.environ.get("MYSQL_URL")
+    if legacy and legacy.startswith("mysql"):
+        extras.append("mysql")  # builds against libmariadb-dev: only if used
+    session.install("-e", f".[{','.join(extras)}]")
+    manage = ["python", "example_project/manage.py"]
+    if session.posargs[:1] == ["serve"]:
+        session.run(*manage, "serve", *session.posargs[1:])
+    else:
+        session.run(*manage, "demo", *session.posargs)
 
 
 @nox.session(python=DEFAULT_PYTHON)
@@ -224,3 +297,38 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", *paths)
     session.run("ruff", "check", *paths)
     session.run("mypy", "djpoolapp")
+
+
+@nox.session(python=ANY_PYTHON or False)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (docs/) with warnings as errors."""
+    _require_python(session)
+    session.install("-e", ".[docs]")
+    session.run(
+        "python", "-m", "sphinx", "-W", "--keep-going", "-b", "html",
+        "docs", "docs/_build/html", *session.posargs,
+    )  # fmt: skip
+
+
+#: Files the wheel must ship besides the modules.
+WHEEL_DATA = ("djpoolapp/py.typed", "djpoolapp/templates/djpoolapp/status.html")
+
+
+@nox.session(python=ANY_PYTHON or False)
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel, check them as PyPI would (``twine check
+    --strict``: metadata, README rendering) and check that the wheel ships
+    the templates and ``py.typed``.  The files are left in dist/."""
+    _require_python(session)
+    session.install("build>=1.2", "twine>=5")
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist), str(ROOT))
+    files = sorted(dist.iterdir())
+    session.run("python", "-m", "twine", "check", "--strict", *map(str, files))
+    (wheel,) = (path for path in files if path.suffix == ".whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [name for name in WHEEL_DATA if name not in names]
+    if missing:
+        session.error(f"{wheel.name} lacks {', '.join(missing)}")
+    session.log(f"{wheel.name} ships {', '.join(WHEEL_DATA)}")

@@ -22,6 +22,10 @@ Every timing is a median over requests (of the summed calls of a
 request), then the median over ``--rounds`` passes: medians shrug off the
 preemptions a shared two-core machine inflicts, means do not.  Compare rows
 of one run.
+
+The server is a private one started for the invocation unless
+``DJPOOL_BENCH_POSTGRES_URL`` / ``DJPOOL_BENCH_MYSQL_URL`` or ``--servers``
+say otherwise (as for ``run.py``, ``benchmarks/servers.py``).
 """
 
 from __future__ import annotations
@@ -40,13 +44,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(ROOT))
+
+from benchmarks import servers  # noqa: E402
 
 #: (label, "module:qualified.name") timed one at a time; "backend:" means the
 #: alias's DatabaseWrapper class (the attribute Django actually calls).
 TARGETS = (
     ("Django ensure_connection() (whole connect path)", "backend:ensure_connection"),
+    ("  djpoolapp Lease.claim() (fast path)", "djpoolapp.lease:Lease.claim"),
     ("  Django connect()", "backend:connect"),
     ("    get_new_connection() (djpoolapp-wrapped)", "backend:get_new_connection"),
     ("      djpoolapp AliasPool.checkout()", "djpoolapp.pool:AliasPool.checkout"),
@@ -55,7 +62,8 @@ TARGETS = (
     ("    set_autocommit()", "backend:set_autocommit"),
     ("    init_connection_state()", "backend:init_connection_state"),
     ("Django close() (whole close path)", "backend:close"),
-    ("  djpoolapp AliasPool.checkin()", "djpoolapp.pool:AliasPool.checkin"),
+    ("  djpoolapp Lease.checkin() (parks or returns)", "djpoolapp.lease:Lease.checkin"),
+    ("    djpoolapp FairQueue.park()", "djpoolapp.queue:FairQueue.park"),
     ("    SQLAlchemy _ConnectionFairy.close()", "sqlalchemy.pool.base:_ConnectionFairy.close"),
     ("close_old_connections() (signals, incl. close)",
      "backend:close_if_unusable_or_obsolete"),
@@ -131,14 +139,23 @@ def _requests(
     return statistics.median(times)
 
 
+#: persistent: stock Django, CONN_MAX_AGE=None; no-park: djpoolapp as
+#: shipped (``park`` off by default); djpoolapp: with ``park=True``.
+MODES = ("persistent", "no-park", "djpoolapp")
+
+
 def _mode(name: str) -> None:
-    """Switch this process to djpoolapp or stock persistent connections."""
+    """Switch this process to djpoolapp (with or without parking) or stock
+    persistent connections."""
     from django.db import connections
 
     from djpoolapp import patch
+    from djpoolapp import pool as pool_module
 
     connections["default"].close()
-    if name == "djpoolapp":
+    pool_module.registry.dispose()  # new pools: AliasPool.parking is read anew
+    if name in ("djpoolapp", "no-park"):
+        pool_module.PARK_OVERRIDE = name == "djpoolapp"
         connections.settings["default"]["CONN_MAX_AGE"] = 0
         patch.install_for_databases()
     else:
@@ -155,9 +172,9 @@ def profile(requests: int, rounds: int) -> dict[str, dict[str, float]]:
     handler = BenchHandler()
     backend = type(connections["default"])
     cost = _timer_cost()
-    figures: dict[str, dict[str, list[float]]] = {"djpoolapp": {}, "persistent": {}}
+    figures: dict[str, dict[str, list[float]]] = {mode: {} for mode in MODES}
     for _ in range(rounds):
-        for mode in ("persistent", "djpoolapp"):
+        for mode in MODES:
             _mode(mode)
             _requests(handler, 200)  # warm up
             figures[mode].setdefault("request", []).append(_requests(handler, requests))
@@ -196,7 +213,7 @@ def round_trips(requests: int) -> dict[str, float]:
     settings["HOST"], settings["PORT"] = "127.0.0.1", str(relay.port)
     found = {}
     try:
-        for mode in ("persistent", "djpoolapp"):
+        for mode in MODES:
             _mode(mode)
             _requests(handler, 20)
             before = relay.turns
@@ -222,7 +239,7 @@ def call_counts(requests: int) -> dict[str, dict[str, float]]:
 
     handler = BenchHandler()
     found: dict[str, dict[str, float]] = {}
-    for mode in ("persistent", "djpoolapp"):
+    for mode in MODES:
         _mode(mode)
         _requests(handler, 50)
         profiler = cProfile.Profile()
@@ -249,9 +266,9 @@ def contention(requests: int, threads: int, rounds: int) -> dict[str, dict[str, 
     from djpoolapp.bench import BenchHandler, drive
 
     handler = BenchHandler()
-    found: dict[str, dict[str, list[float]]] = {"persistent": {}, "djpoolapp": {}}
+    found: dict[str, dict[str, list[float]]] = {mode: {} for mode in MODES}
     for _ in range(rounds):
-        for mode in ("persistent", "djpoolapp"):
+        for mode in MODES:
             _mode(mode)
             drive(handler, "/djpool-bench/default/", 200, threads, warmup_per_thread=20)
             before = resource.getrusage(resource.RUSAGE_SELF)
@@ -294,7 +311,7 @@ def syscalls(database: str, requests: int) -> dict[str, dict[str, float]] | None
     if strace is None:
         return None
     found = {}
-    for mode in ("persistent", "djpoolapp"):
+    for mode in MODES:
         with tempfile.NamedTemporaryFile("r", suffix=".strace") as trace:
             command = [strace, "-f", "-qq", "-o", trace.name, sys.executable,
                        __file__, "--database", database, "--requests", str(requests),
@@ -320,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                         "figures, with pool_size --pool-size (max_overflow 0).")  # fmt: skip
     parser.add_argument("--pool-size", type=int, default=4)
     parser.add_argument("--syscall-child", help=argparse.SUPPRESS)
+    servers.add_argument(parser)
     args = parser.parse_args(argv)
     os.environ.update(
         DJANGO_SETTINGS_MODULE="benchmarks.settings",
@@ -328,52 +346,69 @@ def main(argv: list[str] | None = None) -> int:
         DJPOOL_BENCH_DATABASE=args.database,
         DJPOOL_BENCH_APPLICATION_NAME="djpool-bench-profile",
     )
+    if args.syscall_child:  # traced by syscalls(): the parent's servers
+        return _syscall_child(args)
+    return servers.run_on_servers(
+        args.servers, [args.database], lambda _choice: _measure(args)
+    )
+
+
+def _syscall_child(args: argparse.Namespace) -> int:
+    """Requests between two marks on stderr, for ``syscalls()``'s strace."""
     import django
 
     django.setup()
-    if args.syscall_child:  # traced by syscalls(): requests between two marks
-        from djpoolapp.bench import BenchHandler
+    from djpoolapp.bench import BenchHandler
 
-        _mode(args.syscall_child)
-        _requests(BenchHandler(), 100)
-        os.write(2, MARKS[0])
-        _requests(BenchHandler(), args.requests)
-        os.write(2, MARKS[1])
-        return 0
+    _mode(args.syscall_child)
+    _requests(BenchHandler(), 100)
+    os.write(2, MARKS[0])
+    _requests(BenchHandler(), args.requests)
+    os.write(2, MARKS[1])
+    return 0
+
+
+def _measure(args: argparse.Namespace) -> int:
+    """Every figure of *args*, on the servers already chosen (Django is set
+    up here: ``benchmarks.settings`` reads their URLs at import)."""
+    import django
+
+    django.setup()
     trips = round_trips(500)
     found = profile(args.requests, args.rounds)
     cost = found.pop("timer_cost_us")[""]
     print(f"{args.database}: µs per request, median of {args.rounds} passes of "
           f"{args.requests} requests (timer cost {cost:.2f} µs/call subtracted)")  # fmt: skip
-    print(f"{'':<52}{'persistent':>11}{'djpoolapp':>11}{'delta':>9}")
+    header = "".join(f"{mode:>11}" for mode in MODES)
+    print(f"{'':<52}{header}{'delta':>9}")
+
+    def row(label: str, values: dict[str, dict[str, float]], digits: int = 1) -> None:
+        cells = [values[mode].get(label, 0.0) for mode in MODES]
+        text = "".join(f"{cell:>11.{digits}f}" for cell in cells)
+        print(f"{label:<52}{text}{cells[-1] - cells[0]:>+9.{digits}f}")
+
     for label in ["request"] + [label for label, _ in TARGETS]:
-        stock, pooled = (
-            found["persistent"].get(label, 0.0),
-            found["djpoolapp"].get(label, 0.0),
-        )
-        print(f"{label:<52}{stock:>11.1f}{pooled:>11.1f}{pooled - stock:>+9.1f}")
-    print(f"{'server round trips per request':<52}{trips['persistent']:>11.2f}"
-          f"{trips['djpoolapp']:>11.2f}{trips['djpoolapp'] - trips['persistent']:>+9.2f}")  # fmt: skip
+        row(label, found)
+    row("server round trips per request",
+        {mode: {"server round trips per request": trips[mode]} for mode in MODES}, 2)  # fmt: skip
     traced = syscalls(args.database, 1000)
     if traced is not None:
-        print("\nsystem calls per request (strace -f)")
-        for name in sorted({*traced["persistent"], *traced["djpoolapp"]}):
-            stock, pooled = (
-                traced["persistent"].get(name, 0),
-                traced["djpoolapp"].get(name, 0),
+        print(f"\nsystem calls per request (strace -f){header}")
+        for name in sorted({name for counts in traced.values() for name in counts}):
+            row(
+                f"  {name}",
+                {m: {f"  {name}": traced[m].get(name, 0)} for m in MODES},
+                2,
             )
-            print(f"  {name:<50}{stock:>11.2f}{pooled:>11.2f}{pooled - stock:>+9.2f}")
     calls = call_counts(1000)
-    print("\nPython function calls per request (cProfile), by package")
+    print(f"\nPython function calls per request (cProfile), by package{header}")
     for name in calls["persistent"]:
-        stock, pooled = calls["persistent"][name], calls["djpoolapp"][name]
-        print(f"  {name:<50}{stock:>11.1f}{pooled:>11.1f}{pooled - stock:>+9.1f}")
+        row(f"  {name}", {m: {f"  {name}": calls[m][name]} for m in MODES})
     shared = contention(args.requests, args.threads, args.rounds)
     print(f"\nper request, {args.threads} threads sharing pool_size {args.pool_size} "
-          f"(persistent: {args.threads} connections)")  # fmt: skip
+          f"(persistent: {args.threads} connections){header}")  # fmt: skip
     for name in shared["persistent"]:
-        stock, pooled = shared["persistent"][name], shared["djpoolapp"][name]
-        print(f"{name:<52}{stock:>11.1f}{pooled:>11.1f}{pooled - stock:>+9.1f}")
+        row(name, shared)
     return 0
 
 

@@ -23,7 +23,8 @@ import socket
 import threading
 from typing import Any
 
-from benchmarks.settings import MYSQL_URL, POSTGRES_URL, parse_url
+from benchmarks import servers
+from benchmarks.settings import parse_url
 
 SAMPLE_INTERVAL = 0.05
 
@@ -37,9 +38,10 @@ def postgres_driver() -> str | None:
 
 
 def connect(database: str) -> Any:
-    """An unpooled autocommit driver connection for monitoring (never TLS)."""
+    """An unpooled autocommit driver connection for monitoring (never TLS),
+    to the server ``servers.url()`` names at the time of the call."""
     if database.startswith("postgres"):
-        fields = parse_url(POSTGRES_URL)
+        fields = parse_url(servers.url("postgres"))
         driver = postgres_driver()
         if driver is None:
             raise RuntimeError("neither psycopg nor psycopg2 is installed")
@@ -54,7 +56,7 @@ def connect(database: str) -> Any:
         return conn
     import MySQLdb
 
-    fields = parse_url(MYSQL_URL)
+    fields = parse_url(servers.url("mysql"))
     conn = MySQLdb.connect(
         host=fields["HOST"], port=int(fields["PORT"] or 3306),
         user=fields["USER"], password=fields["PASSWORD"], connect_timeout=5,
@@ -106,13 +108,15 @@ class SessionSampler:
         cursor = self._conn.cursor()
         if self.postgres:
             cursor.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                # djpoolapp appends " djpool/<host>/<pid>/<alias>" to its own.
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE split_part(application_name, ' ', 1) = %s",
                 [self.application_name],
             )
         else:
             cursor.execute(
                 "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s",
-                [parse_url(MYSQL_URL)["NAME"]],
+                [parse_url(servers.url("mysql"))["NAME"]],
             )
         rows = {str(row[0]) for row in cursor.fetchall()}
         cursor.close()

@@ -15,18 +15,32 @@ from __future__ import annotations
 import os
 from urllib.parse import unquote, urlsplit
 
+from benchmarks import servers
+
 STRATEGY = os.environ.get("DJPOOL_BENCH_STRATEGY", "djpoolapp")
 DATABASE = os.environ.get("DJPOOL_BENCH_DATABASE", "postgres")
 THREADS = int(os.environ.get("DJPOOL_BENCH_THREADS", "1"))
 #: pool_size for the pooled strategies; 0 keeps each pool's own default.
 POOL_SIZE = int(os.environ.get("DJPOOL_BENCH_POOL_SIZE", "0"))
+#: Seconds a checkout waits for a pooled connection; 0 keeps each pool's
+#: default.  Set with POOL_SIZE, it also sets max_overflow 0.
+TIMEOUT = float(os.environ.get("DJPOOL_BENCH_TIMEOUT", "0"))
+#: Strategies that are djpoolapp ("barging": djpoolapp with SQLAlchemy's own
+#: queue, as before issue 12; the worker swaps the queue class), with the
+#: DJPOOL_OPTIONS each sets beyond the defaults.
+DJPOOLAPP_STRATEGIES: dict[str, dict[str, object]] = {
+    "djpoolapp": {},
+    "barging": {},
+    "djpoolapp-park": {"park": True},  # the fast path (issue 12)
+    "djpoolapp-tx": {"pool_mode": "transaction"},  # issue 13
+}
 #: Marks this worker's sessions on PostgreSQL (pg_stat_activity).
 APPLICATION_NAME = os.environ.get("DJPOOL_BENCH_APPLICATION_NAME", "djpool-bench")
 
-POSTGRES_URL = os.environ.get(
-    "DJPOOL_BENCH_POSTGRES_URL", "postgres://root@127.0.0.1:5432/postgres"
-)
-MYSQL_URL = os.environ.get("DJPOOL_BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+#: The servers: ``DJPOOL_BENCH_POSTGRES_URL`` / ``DJPOOL_BENCH_MYSQL_URL``,
+#: set by ``run.py`` to its private servers (``benchmarks/servers.py``).
+POSTGRES_URL = servers.url("postgres")
+MYSQL_URL = servers.url("mysql")
 
 ENGINES = {
     # strategy -> (PostgreSQL engine, MySQL engine)
@@ -60,11 +74,16 @@ def database_settings(strategy: str, database: str) -> dict[str, object]:
         options["application_name"] = APPLICATION_NAME
     if strategy == "native":
         # psycopg_pool's default min_size is 4; max_size defaults to min_size.
-        options["pool"] = (
-            {"min_size": POOL_SIZE, "max_size": POOL_SIZE} if POOL_SIZE else True
+        pool: dict[str, object] = (
+            {"min_size": POOL_SIZE, "max_size": POOL_SIZE} if POOL_SIZE else {}
         )
+        if TIMEOUT:
+            pool["timeout"] = TIMEOUT
+        options["pool"] = pool or True
     if strategy == "dbcp" and POOL_SIZE:
         entry["POOL_OPTIONS"] = {"POOL_SIZE": POOL_SIZE, "MAX_OVERFLOW": 0}
+        if TIMEOUT:
+            entry["POOL_OPTIONS"]["TIMEOUT"] = TIMEOUT
     entry["OPTIONS"] = options
     return entry
 
@@ -76,7 +95,11 @@ TIME_ZONE = "UTC"
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "djpoolapp.bench"  # unused: BenchHandler routes every request
 MIDDLEWARE: list[str] = []
-INSTALLED_APPS = ["djpoolapp"] if STRATEGY == "djpoolapp" else []
+INSTALLED_APPS = ["djpoolapp"] if STRATEGY in DJPOOLAPP_STRATEGIES else []
 DATABASES = {"default": database_settings(STRATEGY, DATABASE)}
-if STRATEGY == "djpoolapp" and POOL_SIZE:
-    DJPOOL_OPTIONS = {"pool_size": POOL_SIZE, "max_overflow": 0}
+if STRATEGY in DJPOOLAPP_STRATEGIES:
+    DJPOOL_OPTIONS: dict[str, object] = dict(DJPOOLAPP_STRATEGIES[STRATEGY])
+    if POOL_SIZE:
+        DJPOOL_OPTIONS.update(pool_size=POOL_SIZE, max_overflow=0)
+        if TIMEOUT:
+            DJPOOL_OPTIONS["timeout"] = TIMEOUT

@@ -1,17 +1,23 @@
-"""Make sure the local PostgreSQL server accepts TLS, for the ``postgres-tls`` runs.
+"""Make sure the benchmark's PostgreSQL server accepts TLS, for ``postgres-tls``.
 
-A stock Debian cluster may run with ``ssl = off``.  The benchmark then
-turns TLS on with a self-signed certificate, once: it writes
-``djpool-bench.crt`` / ``djpool-bench.key`` into the server's data directory
-(the key owned by the server's user, mode 0600, as PostgreSQL demands),
-points ``ssl_cert_file`` / ``ssl_key_file`` at them with ``ALTER SYSTEM``
-and reloads the configuration.  Nothing is done when ``SHOW ssl`` already
-says ``on``; a second run finds it on.  Clients that do not ask for TLS are
-unaffected except that libpq's default ``sslmode=prefer`` now negotiates it.
+A fresh cluster runs with ``ssl = off``.  On a server the benchmark started
+itself (a private one, ``servers.py``) it turns TLS on with a self-signed
+certificate: it writes ``djpool-bench.crt`` / ``djpool-bench.key`` into that
+server's data directory (owned by the server's user, the key mode 0600, as
+PostgreSQL demands), points ``ssl_cert_file`` / ``ssl_key_file`` at them
+with ``ALTER SYSTEM`` and reloads the configuration (``pg_reload_conf()``).
+The data directory goes away with the private server.
 
-This needs a superuser, a server on this machine (the data directory must
-be writable from here, as root) and the ``openssl`` command; without them
-the ``postgres-tls`` runs are skipped with the reason.
+A server the benchmark did not start (``DJPOOL_BENCH_POSTGRES_URL``,
+``--servers machine``) is never changed: with ``ssl = off`` there,
+``postgres-tls`` is skipped (``TLSUnavailable`` says so), unless
+``--enable-tls-on-server`` asks for the same change on that server (the
+old behaviour: a shared server would keep TLS on, and libpq's default
+``sslmode=prefer`` would then negotiate it for every client).
+
+Turning TLS on needs a superuser, the data directory writable from here
+and the ``openssl`` command; without them the ``postgres-tls`` runs are
+skipped with the reason.  Nothing is done when ``SHOW ssl`` says ``on``.
 """
 
 from __future__ import annotations
@@ -60,22 +66,46 @@ def _make_certificate(directory: Path, owner: str) -> tuple[Path, Path]:
     return cert, key
 
 
-def ensure_postgres_tls(connect: Any) -> str:
+def _is_owned(directory: Path, owned_datadir: Path | None) -> bool:
+    """Whether *directory* (the server's ``data_directory``) is the data
+    directory of the private server the benchmark started."""
+    if owned_datadir is None:
+        return False
+    try:
+        return directory.resolve() == owned_datadir.resolve()
+    except OSError:
+        return False
+
+
+def ensure_postgres_tls(
+    connect: Any, owned_datadir: Path | None = None, enable_on_server: bool = False
+) -> str:
     """Return what was done ("already on" / "enabled ..."); raise TLSUnavailable.
 
     *connect* opens a plain (non-TLS) driver connection in autocommit mode.
+    *owned_datadir*: the data directory of the private server the benchmark
+    started (None: it started none); TLS is turned on only in that server,
+    recognised by its ``data_directory``, or in any server when
+    *enable_on_server* is true (``--enable-tls-on-server``).
     """
     conn = connect()
     try:
         if _show(conn, "ssl") == "on":
             return "TLS already on in the server"
+        directory = Path(_show(conn, "data_directory"))
+        owned = _is_owned(directory, owned_datadir)
+        if not owned and not enable_on_server:
+            raise TLSUnavailable(
+                "ssl is off in a server this benchmark did not start, which it "
+                "never reconfigures (--enable-tls-on-server turns TLS on there; "
+                "the default private servers get it)"
+            )
         with conn.cursor() as cursor:
             cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
             if not cursor.fetchone()[0]:
                 raise TLSUnavailable(
                     "ssl is off and the benchmark user is no superuser"
                 )
-        directory = Path(_show(conn, "data_directory"))
         if not directory.is_dir() or not os.access(directory, os.W_OK):
             raise TLSUnavailable(
                 f"ssl is off and the data directory {directory} is not writable here "
@@ -102,7 +132,8 @@ def ensure_postgres_tls(connect: Any) -> str:
         raise TLSUnavailable(
             "ssl is still off 5 s after ALTER SYSTEM and reload; see the server log"
         )
+    where = "the private server" if owned else "the external server (as asked)"
     return (
-        f"TLS was off: enabled it with a self-signed certificate ({cert}; "
-        "ALTER SYSTEM SET ssl = on, ssl_cert_file, ssl_key_file; reloaded)"
+        f"TLS was off: enabled it in {where} with a self-signed certificate "
+        f"({cert}; ALTER SYSTEM SET ssl = on, ssl_cert_file, ssl_key_file; reloaded)"
     )

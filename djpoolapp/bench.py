@@ -27,11 +27,13 @@ from wsgiref.util import setup_testing_defaults
 
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
-from django.db import connections
+from django.db import OperationalError, connections
 from django.http import HttpRequest, HttpResponse
-from django.urls import path
+from django.urls import path, set_urlconf
+from django.utils.log import log_response
 
 from . import patch, server
+from .exceptions import PoolTimeout
 from .pool import describe, pooled_backends
 
 #: ``progress(label, done, total)``, called about once a second during a run.
@@ -88,6 +90,26 @@ class CheckReport:
     pool_size: int
     max_overflow: int
     max_connections: int | None
+    #: How the driver reaches the server: ``"TCP"``, ``"Unix socket"``.
+    transport: str = "TCP"
+
+    @property
+    def capacity(self) -> int:
+        """Connections one process may open: ``pool_size + max_overflow``."""
+        return self.pool_size + self.max_overflow
+
+    @property
+    def over_capacity(self) -> bool:
+        """One process alone may open more connections than the server accepts."""
+        return self.max_connections is not None and self.capacity > self.max_connections
+
+    @property
+    def connect_steps(self) -> str:
+        """What opening a connection involved, e.g. "TCP, TLS, authentication"."""
+        steps = [self.transport]
+        if self.tls_in_use:
+            steps.append("TLS")
+        return ", ".join([*steps, "authentication"])
 
 
 def check_alias(alias: str, samples: int = 20) -> CheckReport:
@@ -105,10 +127,7 @@ def check_alias(alias: str, samples: int = 20) -> CheckReport:
     try:
         connection.ensure_connection()
     except Exception as error:
-        reason = _redact(str(error).strip() or type(error).__name__, alias)
-        raise BenchError(
-            f"database alias '{alias}' ({where}) is unreachable: {reason}"
-        ) from error
+        raise BenchError(_connect_failure(alias, where, error)) from error
     try:
         pool = getattr(connection.connection, "_djpool_pool", None)
         if pool is None:
@@ -157,7 +176,39 @@ def check_alias(alias: str, samples: int = 20) -> CheckReport:
         pool_size=pool.options["pool_size"],
         max_overflow=pool.options["max_overflow"],
         max_connections=limit,
+        transport=transport(pool.connect_kwargs, connection.vendor),
     )
+
+
+def _connect_failure(alias: str, where: str, error: BaseException) -> str:
+    """Say what kept *alias* from connecting: the pool was exhausted, the
+    server could not be reached, or the settings are wrong."""
+    reason = _redact(str(error).strip() or type(error).__name__, alias)
+    if isinstance(error, PoolTimeout):
+        return (
+            f"database alias '{alias}' ({where}): the pool is exhausted, every "
+            f"connection is checked out: {reason}"
+        )
+    if isinstance(error, OperationalError):
+        return f"database alias '{alias}' ({where}) is unreachable: {reason}"
+    return (
+        f"database alias '{alias}' ({where}) has a configuration error "
+        f"({type(error).__name__}): {reason}. Check DATABASES['{alias}'] (its "
+        "OPTIONS go to the driver; pool options belong in DJPOOL_OPTIONS)"
+    )
+
+
+def transport(connect_kwargs: dict[str, Any], vendor: str) -> str:
+    """``"TCP"`` or ``"Unix socket"``: how the driver reaches the server."""
+    if vendor == "postgresql":
+        host = str(connect_kwargs.get("host") or "")
+        return "Unix socket" if not host or host.startswith("/") else "TCP"
+    if vendor == "mysql":
+        host = str(connect_kwargs.get("host") or "localhost")
+        if connect_kwargs.get("unix_socket") or host == "localhost":
+            return "Unix socket"
+        return "TCP"
+    return "file"
 
 
 def _time_checkins(connection: Any, samples: int) -> list[float]:
@@ -187,11 +238,24 @@ class BenchURLConf:
 
 
 class BenchHandler(WSGIHandler):
-    """Django's WSGI handler, routing every request to :class:`BenchURLConf`."""
+    """Django's WSGI handler, routing every request to :class:`BenchURLConf`.
+
+    ``BaseHandler.get_response`` without its one read of
+    ``settings.ROOT_URLCONF``: a project configured with
+    ``settings.configure()`` may have none, and these requests never use it.
+    """
 
     def get_response(self, request: HttpRequest) -> Any:
         request.urlconf = BenchURLConf  # type: ignore[assignment]
-        return super().get_response(request)
+        set_urlconf(BenchURLConf)  # type: ignore[arg-type]
+        response = self._middleware_chain(request)  # type: ignore[attr-defined]
+        response._resource_closers.append(request.close)
+        if response.status_code >= 400:
+            log_response(
+                "%s: %s", response.reason_phrase, request.path,
+                response=response, request=request,
+            )  # fmt: skip
+        return response
 
 
 @dataclass

@@ -9,6 +9,11 @@ W002       an alias uses Django's own pool, so djpoolapp leaves it alone
 W003       ``aliases`` names a database djpoolapp cannot pool
 W004       ``pool_size + max_overflow`` exceeds the server's
            ``max_connections`` (a database check: ``check --database``)
+W005       an alias's ENGINE is a third-party pool (django-db-connection-pool,
+           django-postgrespool2, django-db-geventpool): left alone
+W006       a ``DATABASES`` entry still has django-db-connection-pool's
+           ``POOL_OPTIONS``, which djpoolapp ignores
+W007       djorm-ext-pool's ``DJORM_POOL_OPTIONS`` are still set (apps.py)
 ========== ============================================================
 
 Only E001 reads the options raw: the other checks assume valid options and
@@ -233,6 +238,116 @@ def check_max_connections(
                 "keep workers x (pool_size + max_overflow) <= max_connections, "
                 "or put PgBouncer/ProxySQL in front.",
                 id="djpoolapp.W004",
+            )
+        )
+    return messages
+
+
+def _stock_engine(engine: str) -> str | None:
+    """The engine of the Django backend a third-party pooling backend extends
+    (``django.db.backends.postgresql``), or None if it cannot be loaded."""
+    from django.db.utils import load_backend
+
+    try:
+        wrapper_class = load_backend(engine).DatabaseWrapper
+    except (ImproperlyConfigured, ImportError):
+        return None
+    for klass in wrapper_class.__mro__:
+        module = str(klass.__module__)
+        if module.startswith("django.") and module.endswith(".base"):
+            if module != "django.db.backends.base.base":
+                return module.removesuffix(".base")
+    return None
+
+
+@register(TAG)
+def check_stacked_pools(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W005: an alias on a third-party pooling backend is left alone.
+
+    Two pools stacked would each hold the other's connections: the inner one
+    keeps every connection the outer one ever opened checked out for good.
+    """
+    from .pool import stacked_pool
+
+    try:
+        config = conf.get_config()
+    except ImproperlyConfigured:
+        return []
+    messages: list[CheckMessage] = []
+    for alias, database in settings.DATABASES.items():
+        package = stacked_pool(database)
+        if package is None or config.for_alias(alias) is None:
+            continue
+        engine = database.get("ENGINE", "")
+        stock = _stock_engine(engine) or "the Django engine it extends"
+        stock_text = f"'{stock}'" if stock.startswith("django.") else stock
+        moved = (
+            f", move DATABASES['{alias}']['POOL_OPTIONS'] to "
+            f"{config.setting}['aliases']['{alias}']"
+            if "POOL_OPTIONS" in database
+            else ""
+        )
+        messages.append(
+            Warning(
+                f"Database alias '{alias}' uses ENGINE '{engine}', a connection "
+                f"pool of its own ({package}); djpoolapp leaves it alone rather "
+                "than stack a second pool on it.",
+                hint=f"To pool it with djpoolapp, set DATABASES['{alias}']"
+                f"['ENGINE'] = {stock_text}{moved} and uninstall {package}; to "
+                "keep it, record the opt-out with "
+                f"{config.setting}['aliases']['{alias}'] = False.",
+                id="djpoolapp.W005",
+            )
+        )
+    return messages
+
+
+#: django-db-connection-pool's POOL_OPTIONS keys -> djpoolapp's options.
+POOL_OPTIONS_NAMES = {
+    "POOL_SIZE": "pool_size",
+    "MAX_OVERFLOW": "max_overflow",
+    "RECYCLE": "recycle",
+    "TIMEOUT": "timeout",
+    "PRE_PING": "pre_ping",
+    "USE_LIFO": "use_lifo",
+    "RESET_ON_RETURN": "reset_on_return",
+}
+
+
+@register(TAG)
+def check_leftover_pool_options(
+    app_configs: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W006: ``DATABASES[alias]['POOL_OPTIONS']`` left from
+    django-db-connection-pool, on an alias that is no longer its engine."""
+    from .pool import stacked_pool
+
+    try:
+        config = conf.get_config()
+    except ImproperlyConfigured:
+        config = None
+    setting = config.setting if config is not None else conf.SETTING
+    messages: list[CheckMessage] = []
+    for alias, database in settings.DATABASES.items():
+        leftover = database.get("POOL_OPTIONS")
+        if leftover is None or stacked_pool(database) is not None:
+            continue
+        translated = (
+            {
+                POOL_OPTIONS_NAMES.get(str(key), str(key).lower()): value
+                for key, value in leftover.items()
+            }
+            if isinstance(leftover, Mapping)
+            else {}
+        )
+        messages.append(
+            Warning(
+                f"DATABASES['{alias}']['POOL_OPTIONS'] is django-db-connection-"
+                "pool's setting; djpoolapp ignores it.",
+                hint=f"Move it to {setting}['aliases']['{alias}'] = "
+                f"{translated!r} (djpoolapp's option names are lower-case) and "
+                f"remove DATABASES['{alias}']['POOL_OPTIONS'].",
+                id="djpoolapp.W006",
             )
         )
     return messages

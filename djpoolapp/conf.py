@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import os
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +28,16 @@ DISABLE_ENV = "DJPOOL_DISABLE"
 #: The engines whose drivers djpoolapp knows how to pool (by driver module).
 POOLED_DRIVERS = ("psycopg", "psycopg2", "MySQLdb", "sqlite3")
 
+#: The longest wait Python's locks accept (``threading.TIMEOUT_MAX``, about
+#: 292 years on 64-bit Linux): the bound of every option in seconds.  Longer
+#: waits raise ``OverflowError`` where the pool waits (an exhausted checkout).
+MAX_SECONDS = threading.TIMEOUT_MAX
+#: The most connections one pool may ask for: PostgreSQL refuses
+#: ``max_connections`` above 262143 (MAX_BACKENDS), MariaDB above 100000.
+MAX_CONNECTIONS = 262143
+
+_SECONDS = f"<= {int(MAX_SECONDS)} (threading.TIMEOUT_MAX)"
+
 
 @dataclass(frozen=True)
 class Option:
@@ -38,11 +50,18 @@ class Option:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     exclusive_minimum: bool = False
+    #: Inclusive upper bound of a numeric option.
+    maximum: float | None = None
     allow_minus_one: bool = False
     help: str = ""
 
     def problem(self, value: Any) -> str | None:
-        """Return why *value* is not acceptable, or None."""
+        """Return why *value* is not acceptable, or None.
+
+        Numbers are checked for type (``bool`` is not a number here), then
+        finiteness (``nan`` compares false with everything, so it would slip
+        through a range check; ``inf`` overflows the waits), then range.
+        """
         if value is None and self.allow_none:
             return None
         if self.choices is not None:
@@ -53,15 +72,16 @@ class Option:
             return f"must be {self.rule}, not {type(value).__name__}"
         if self.allow_minus_one and value == -1:
             return None
-        if self.minimum is not None:
-            number = float(cast(float, value))
-            too_small = (
-                number <= self.minimum
-                if self.exclusive_minimum
-                else number < self.minimum
-            )
-            if too_small:
-                return f"must be {self.rule}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be {self.rule}"
+        # Compared as they are: float() of a huge int would overflow.
+        number = cast(float, value)
+        if self.minimum is not None and (
+            number <= self.minimum if self.exclusive_minimum else number < self.minimum
+        ):
+            return f"must be {self.rule}"
+        if self.maximum is not None and number > self.maximum:
+            return f"must be {self.rule}"
         return None
 
 
@@ -69,32 +89,37 @@ OPTIONS: dict[str, Option] = {
     "pool_size": Option(
         (int,),
         5,
-        "an integer >= 1",
+        f"an integer >= 1 and <= {MAX_CONNECTIONS}",
         minimum=1,
+        maximum=MAX_CONNECTIONS,
         help="Connections kept open per pool.",
     ),
     "max_overflow": Option(
         (int,),
         10,
-        "an integer >= 0",
+        f"an integer >= 0 and <= {MAX_CONNECTIONS} (SQLAlchemy's -1, unlimited "
+        "overflow, is not accepted: a pool must bound its connections)",
         minimum=0,
+        maximum=MAX_CONNECTIONS,
         help="Extra connections allowed under load, closed when returned.",
     ),
     "timeout": Option(
         (int, float),
         30.0,
-        "a number of seconds > 0",
+        f"a number of seconds > 0 and {_SECONDS}",
         minimum=0,
         exclusive_minimum=True,
+        maximum=MAX_SECONDS,
         help="Seconds to wait for a free connection before raising "
         "djpoolapp.PoolTimeout (a django.db.OperationalError).",
     ),
     "recycle": Option(
         (int, float),
         3600,
-        "a number of seconds > 0, or -1 for never",
+        f"a number of seconds > 0 and {_SECONDS}, or -1 for never",
         minimum=0,
         exclusive_minimum=True,
+        maximum=MAX_SECONDS,
         allow_minus_one=True,
         help="Connections older than this are replaced at checkout.",
     ),
@@ -107,18 +132,54 @@ OPTIONS: dict[str, Option] = {
     "ping_after_idle": Option(
         (int, float),
         1.0,
-        "a number of seconds >= 0",
+        f"a number of seconds >= 0 and {_SECONDS}",
         minimum=0,
+        maximum=MAX_SECONDS,
         help="Only ping connections idle at least this long (0: always). A "
         "connection the server closed is detected without a round trip anyway.",
+    ),
+    "ping_timeout": Option(
+        (int, float),
+        5.0,
+        f"a number of seconds > 0 and {_SECONDS}",
+        minimum=0,
+        exclusive_minimum=True,
+        maximum=MAX_SECONDS,
+        help="Seconds any round trip the pool itself makes (pre-ping, rollback "
+        "at checkin, session reset) may take; then its socket is shut down and "
+        "the connection invalidated. Not applied to the application's queries "
+        "(see docs/timeouts.rst).",
     ),
     "reset_on_return": Option(
         (str,),
         "rollback",
-        "'rollback', 'commit' or None",
+        "'rollback' or None",
         allow_none=True,
-        choices=("rollback", "commit", None),
-        help="What ends an open transaction when Django returns a connection.",
+        choices=("rollback", None),
+        help="Kept for compatibility: an open transaction is always rolled back "
+        "when Django returns a connection (None no longer leaves it open; "
+        "'commit' is refused).",
+    ),
+    "reset_session": Option(
+        (str, bool),
+        "auto",
+        "'auto', 'always' or False",
+        choices=("auto", "always", False),
+        help="Hand each checkout the session state of a fresh connection: "
+        "'auto' resets (PostgreSQL DISCARD ALL; MySQL closes the session) only "
+        "after a request changed session state, 'always' after every "
+        "request, False never on PostgreSQL (session state then survives, as "
+        "with CONN_MAX_AGE; a changed MySQL session is still closed).",
+    ),
+    "pool_mode": Option(
+        (str,),
+        "request",
+        "'request' or 'transaction'",
+        choices=("request", "transaction"),
+        help="When Django's connection holds its pooled connection: 'request' "
+        "from its first query to the end of the request; 'transaction' only "
+        "while a transaction, an open cursor or pinned session state needs it "
+        "(see docs/pool_mode.rst).",
     ),
     "use_lifo": Option(
         (bool,),
@@ -126,6 +187,15 @@ OPTIONS: dict[str, Option] = {
         "True or False",
         help="Hand out the most recently returned connection first, letting "
         "surplus connections age out through recycle.",
+    ),
+    "park": Option(
+        (bool,),
+        False,
+        "True or False",
+        help="Fast path (experimental, request mode only): between requests a "
+        "clean connection stays parked with its Django connection, which takes "
+        "it back without Django's connect() set-up; another thread takes it "
+        "when nothing else is idle. See docs/how_it_works.rst.",
     ),
 }
 
@@ -141,8 +211,12 @@ class PoolOptions(TypedDict, total=False):
     recycle: float
     pre_ping: bool
     ping_after_idle: float
-    reset_on_return: Literal["rollback", "commit"] | None
+    ping_timeout: float
+    reset_on_return: Literal["rollback"] | None
+    reset_session: Literal["auto", "always", False]
+    pool_mode: Literal["request", "transaction"]
     use_lifo: bool
+    park: bool
 
 
 class DjpoolOptions(PoolOptions, total=False):
@@ -156,7 +230,18 @@ class DjpoolOptions(PoolOptions, total=False):
 LEGACY_IGNORED = ("echo", "use_threadlocal", "logging_name", "poolclass", "events")
 
 
+#: Why reset_on_return="commit" is refused (transparency issue, item 1).
+COMMIT_REFUSED = (
+    "must be 'rollback' or None: 'commit' is not supported, because Django "
+    "never commits on close (a connection Django closes with a transaction "
+    "open holds work the application did not commit, e.g. a request that "
+    "failed after set_autocommit(False)); commit explicitly in your code"
+)
+
+
 def _did_you_mean(name: str, known: list[str]) -> str:
+    if isinstance(name, str) and name.lower() in known:
+        return f"; did you mean '{name.lower()}'?"  # POOL_SIZE -> pool_size
     close = difflib.get_close_matches(name, known, n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
 
@@ -182,6 +267,8 @@ def option_problems(
             )
             continue
         why = option.problem(value)
+        if key == "reset_on_return" and value == "commit":
+            why = COMMIT_REFUSED
         if why:
             problems.append(f"{where}['{key}'] {why}; got {value!r}")
     return problems
@@ -218,6 +305,15 @@ def problems(
             continue
         found.extend(option_problems(value, alias, setting))
     return found
+
+
+def problems_message(found: list[str]) -> str:
+    """The ``ImproperlyConfigured`` message for *found*: one problem per line."""
+    if len(found) == 1:
+        return found[0]
+    return f"{len(found)} problems with the pool options:\n" + "\n".join(
+        f"- {problem}" for problem in found
+    )
 
 
 @dataclass(frozen=True)
@@ -294,7 +390,7 @@ def get_config() -> Config:
         raw = {}
     found = problems(raw, list(settings.DATABASES), setting)
     if found:
-        raise ImproperlyConfigured("; ".join(found))
+        raise ImproperlyConfigured(problems_message(found))
     defaults = {**DEFAULTS, **{k: v for k, v in raw.items() if k != "aliases"}}
     aliases = {alias: value for alias, value in raw.get("aliases", {}).items()}
     return Config(

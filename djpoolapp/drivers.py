@@ -10,55 +10,82 @@ into its pool instead of closing it.  Everything else is the driver's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-import re
 import select
-import weakref
+from collections.abc import Iterator
+from contextvars import ContextVar
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from .deadline import bounded
+from .exceptions import SessionChanged, UnreadResults
+from .sql import classify
+
 if TYPE_CHECKING:
+    from .lease import Lease
     from .pool import AliasPool
 
 
-class PooledConnection:
-    """Mixin for a driver connection class: ``close()`` returns it to the pool.
+#: The driver connection Django's own ``_close()`` of its current checkout is
+#: closing (set by ``patch.py``): only that ``close()`` returns it to the pool.
+closing: ContextVar[Any] = ContextVar("djpoolapp_closing", default=None)
 
-    The pool itself closes a connection by calling ``close()`` while no
-    checkout is recorded, which reaches the driver's real ``close()``.
+
+class PooledConnection:
+    """Mixin for a driver connection class: Django's close returns it.
+
+    ``close()`` called by Django's ``_close()`` of the checkout that holds
+    the connection checks it in (:meth:`Lease.checkin`); any other
+    ``close()`` (user code holding ``connection.connection``, a former
+    holder) really closes the session, as without the app, and the pool
+    forgets it (:meth:`Lease.close_raw`).
     """
 
-    #: The SQLAlchemy checkout (``_ConnectionFairy``) while Django holds it.
-    _djpool_fairy: Any = None
+    #: The :class:`~djpoolapp.lease.Lease` of this connection (its pool
+    #: state); None for a connection opened outside a pool.
+    _djpool_lease: Lease | None = None
     #: The :class:`~djpoolapp.pool.AliasPool` that opened the connection.
     _djpool_pool: AliasPool | None = None
-    #: Set when Django saw an error on it: invalidate instead of reusing.
+    #: Set when a statement made the session unusable for others (MySQL
+    #: LOCK TABLES, USE): invalidate instead of reusing.
     _djpool_discard: bool = False
-    _djpool_created_at: float = 0.0
-    _djpool_returned_at: float = 0.0
     #: ``(fd, device, inode)`` of its socket when opened (Driver.socket_fd).
     _djpool_socket: tuple[int, int, int] | None = None
-    #: Cursors Django created on it while checked out (weak references);
-    #: those still open at checkin are closed then (see AliasPool.checkin).
-    _djpool_cursors: list[weakref.ref[Any]] | None = None
-    #: True from a checkin that left no transaction open to the next checkout.
-    _djpool_clean: bool = False
-
-    def _djpool_track_cursor(self, cursor: Any) -> None:
-        cursors = self._djpool_cursors
-        if cursors is None:
-            self._djpool_cursors = [weakref.ref(cursor)]
-        else:
-            cursors.append(weakref.ref(cursor))
 
     def close(self) -> None:
-        fairy = self._djpool_fairy
-        if fairy is None or self._djpool_pool is None:
+        lease = self._djpool_lease
+        if lease is None:
             super().close()  # type: ignore[misc]
-            return
-        self._djpool_fairy = None
-        self._djpool_pool.checkin(self, fairy)
+        elif closing.get() is self:
+            lease.checkin()
+        else:
+            lease.close_raw()
+
+    def _djpool_close(self) -> None:
+        """The driver's own ``close()``: ends the server session."""
+        super().close()  # type: ignore[misc]
+
+    # A raw handle of another thread never acts on the current checkout
+    # (Lease.check_caller); the pool's own round trips run with no checkout.
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        lease = self._djpool_lease
+        if lease is not None:
+            lease.check_caller()
+        return super().cursor(*args, **kwargs)  # type: ignore[misc]
+
+    def commit(self) -> None:
+        lease = self._djpool_lease
+        if lease is not None:
+            lease.check_caller()
+        super().commit()  # type: ignore[misc]
+
+    def rollback(self) -> None:
+        lease = self._djpool_lease
+        if lease is not None:
+            lease.check_caller()
+        super().rollback()  # type: ignore[misc]
 
 
 @functools.cache
@@ -67,52 +94,237 @@ def pooled_class(base: type, mixin: type = PooledConnection) -> type:
     return type(f"Pooled{base.__name__}", (mixin, base), {})
 
 
-#: A statement that changes MySQL session state beyond what a rollback resets,
-#: at the start of the SQL or after a ";" (mysqlclient allows multi-statements).
-_MYSQL_SESSION_STATEMENT = re.compile(
-    rb"(?:^|;)\s*(?:(?:/\*.*?\*/|(?:#|--)[^\n]*(?:\n|$))\s*)*"
-    rb"(SET|CALL|BEGIN|START|XA|LOCK|USE)\b",
-    re.IGNORECASE | re.DOTALL,
-)
+class WatchedCursor:
+    """Mixin for a PostgreSQL driver cursor class: every statement it runs is
+    classified (``sql.classify``) and one that may change session state marks
+    the connection's lease, so that ``reset_session="auto"`` resets it at
+    checkin.  Set as the connection's ``cursor_factory``, so raw cursors of
+    ``connection.connection`` are watched too.  A named (server-side) cursor
+    marks the lease as well (psycopg2 names its cursors here)."""
+
+    #: The driver cursor's own attribute (annotation only: no class value).
+    connection: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if getattr(self, "name", None):
+            _note_named_cursor(self.connection)
+
+    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        labels = _classify_pg(query, self)
+        if labels and labels != _TRANSACTION:
+            _note_statement(self.connection, labels)
+        return super().execute(query, *args, **kwargs)  # type: ignore[misc]
+
+    def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        labels = _classify_pg(query, self)
+        if labels and labels != _TRANSACTION:
+            _note_statement(self.connection, labels)
+        return super().executemany(query, *args, **kwargs)  # type: ignore[misc]
+
+    def _djpool_note(self, query: Any) -> None:
+        labels = _classify_pg(query, self)
+        if labels and labels != _TRANSACTION:
+            _note_statement(self.connection, labels)
+
+
+class WatchedPsycopgCursor(WatchedCursor):
+    """psycopg 3's client cursors: also ``stream()`` and ``copy()``."""
+
+    def stream(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        self._djpool_note(query)
+        return super().stream(query, *args, **kwargs)  # type: ignore[misc]
+
+    def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        self._djpool_note(statement)
+        return super().copy(statement, *args, **kwargs)  # type: ignore[misc]
+
+
+class WatchedPsycopg2Cursor(WatchedCursor):
+    """psycopg2's cursors: also ``copy_expert()`` and ``callproc()``."""
+
+    def copy_expert(self, sql: Any, *args: Any, **kwargs: Any) -> Any:
+        self._djpool_note(sql)
+        return super().copy_expert(sql, *args, **kwargs)  # type: ignore[misc]
+
+    def callproc(self, procname: Any, *args: Any, **kwargs: Any) -> Any:
+        # A function call: what it does to the session cannot be read.
+        _note_statement(self.connection, _UNKNOWN)
+        return super().callproc(procname, *args, **kwargs)  # type: ignore[misc]
+
+
+class ForgottenCursor:
+    """Mixin for a server-side cursor whose checkout ended or that was closed
+    on the client only (``forget_cursor``): it reads as closed and every use
+    raises the driver's ``InterfaceError`` with the driver's own message,
+    without a byte to the session (psycopg2 cannot mark a named cursor
+    closed without its ``CLOSE``; psycopg 3's closed server cursor sends
+    ``CLOSE`` for its old portal when executed again).  Its server-side part
+    is closed by the holder or the checkin."""
+
+    _djpool_message = "cursor already closed"
+    _djpool_error: type[Exception] = Exception
+
+    @property
+    def closed(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None
+
+    def _djpool_refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._djpool_error(self._djpool_message)
+
+    execute = executemany = callproc = stream = _djpool_refuse
+    fetchone = fetchmany = fetchall = scroll = _djpool_refuse
+    copy = copy_expert = copy_from = copy_to = _djpool_refuse
+
+    def __iter__(self) -> Any:
+        return self._djpool_refuse()
+
+    def __next__(self) -> Any:
+        return self._djpool_refuse()
+
+
+_forgotten: dict[type, type] = {}
+
+
+def _forget(cursor: Any, error: type[Exception], message: str) -> None:
+    """Make *cursor* a :class:`ForgottenCursor` (same layout: its
+    ``__class__`` is switched to a subclass of its own class)."""
+    base = type(cursor)
+    if issubclass(base, ForgottenCursor):
+        return
+    klass = _forgotten.get(base)
+    if klass is None:
+        namespace = {"_djpool_error": error, "_djpool_message": message}
+        klass = _forgotten[base] = type(
+            f"Forgotten{base.__name__}", (ForgottenCursor, base), namespace
+        )
+    cursor.__class__ = klass
+
+
+class WatchedServerCursor(WatchedCursor):
+    """psycopg 3's named cursors (``connection.server_cursor_factory``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _note_named_cursor(self.connection)
+
+
+def _classify_pg(query: Any, cursor: Any) -> frozenset[str]:
+    """``classify()`` for what a psycopg cursor accepts: text, bytes, or a
+    composed query (``psycopg.sql`` / ``psycopg2.sql``), rendered with the
+    cursor's own quoting; anything else cannot be read, so it is "unknown"."""
+    if isinstance(query, (str, bytes)):
+        return classify("postgresql", query)
+    try:
+        text = query.as_string(cursor)
+    except Exception:
+        return _UNKNOWN
+    return classify("postgresql", text)
+
+
+_UNKNOWN = frozenset({"unknown"})
+#: PostgreSQL knows its transaction state exactly: this label adds nothing.
+_TRANSACTION = frozenset({"transaction"})
+
+
+def _note_statement(conn: Any, labels: frozenset[str]) -> None:
+    lease = getattr(conn, "_djpool_lease", None)
+    if lease is not None:
+        lease.note_statement(labels)
+
+
+def _note_named_cursor(conn: Any) -> None:
+    lease = getattr(conn, "_djpool_lease", None)
+    if lease is not None:
+        lease.named_cursors = True
 
 
 class PooledMySQLConnection(PooledConnection):
-    """mysqlclient connection that notices session-changing statements.
+    """mysqlclient connection that watches the statements it runs.
 
-    mysqlclient cannot tell whether a transaction is open, and MySQL keeps
-    Django's session settings (isolation level, SQL_AUTO_IS_NULL) across a
-    checkin.  Watching the statements that could change either lets the pool
-    skip the rollback at checkin and Django's ``SET ...`` at checkout when
-    nothing changed: two round trips per request saved, exactly as safe.
-    ``LOCK TABLES`` and ``USE`` cannot be undone by a rollback, so a
-    connection that ran them is discarded at checkin.
+    Every statement goes through ``query()``, where :func:`djpoolapp.sql.classify`
+    labels it (a substring test for plain DML, about 1.5 µs).  mysqlclient
+    cannot tell whether a transaction is open, and MySQL keeps session state
+    (variables, the current database, temporary tables, locks, the isolation
+    level Django set) across a checkin.  So:
+
+    - ``transaction`` sets :attr:`_djpool_txn_suspect`: the checkin rolls back;
+    - any other label adds to :attr:`_djpool_session_changes` (and clears
+      :attr:`_djpool_session_ready`, so Django's set-up runs again): the
+      checkin does not hand such a session to the next request (see
+      :meth:`MySQLdbDriver.checkin_problem`).
+
+    The statements mysqlclient's own ``__init__`` and Django's
+    ``init_connection_state()`` run are the baseline, not changes (see
+    :meth:`MySQLdbDriver.connect` and :meth:`_djpool_setting_up`).
     """
 
-    #: Set by Django's connection set-up; cleared by any SET/CALL.
+    #: Set by Django's connection set-up; cleared by any session change.
     _djpool_session_ready = False
-    #: A statement may have opened a transaction (BEGIN, START, XA, CALL).
+    #: A statement may have opened a transaction (BEGIN, START, XA, CALL,
+    #: SET autocommit, or one the classifier could not read).
     _djpool_txn_suspect = False
+    #: Labels (:data:`djpoolapp.sql.LABELS`) of the session changes seen since
+    #: the connection was opened; empty: its session is as Django set it up.
+    _djpool_session_changes: frozenset[str] = frozenset()
+
+    @property
+    def _djpool_session_dirty(self) -> bool:
+        """Whether the session may differ from a freshly set-up one."""
+        return bool(self._djpool_session_changes)
 
     def query(self, query: bytes | str) -> Any:
-        sql = query.encode() if isinstance(query, str) else query
-        match = _MYSQL_SESSION_STATEMENT.match(sql)
-        if match is None and b";" in sql:
-            match = _MYSQL_SESSION_STATEMENT.search(sql)
-        if match is not None:
-            self._note_statement(match.group(1).upper())
+        self._djpool_watch(query)
         return super().query(query)  # type: ignore[misc]
 
-    def _note_statement(self, keyword: bytes) -> None:
-        if keyword in (b"SET", b"CALL"):
-            self._djpool_session_ready = False
-        if keyword in (b"BEGIN", b"START", b"XA", b"CALL"):
+    def _djpool_watch(self, query: bytes | str) -> None:
+        """Every statement sent: only by the checkout's own thread, and
+        classified (Lease.check_caller, sql.classify)."""
+        lease = self._djpool_lease
+        if lease is not None:
+            lease.check_caller()
+        labels = classify("mysql", query)
+        if labels:
+            self._note_statement(labels)
+
+    def _note_statement(self, labels: frozenset[str]) -> None:
+        if "transaction" in labels:
             self._djpool_txn_suspect = True
-        if keyword in (b"LOCK", b"USE"):
-            self._djpool_discard = True
+            labels = labels - _TRANSACTION
+        if labels:
+            self._djpool_session_ready = False
+            self._djpool_session_changes = self._djpool_session_changes | labels
+
+    def send_query(self, query: bytes | str) -> Any:
+        # The asynchronous half of query() (send_query + read_query_result):
+        # the same statements, watched the same way.
+        self._djpool_watch(query)
+        return super().send_query(query)  # type: ignore[misc]
 
     def select_db(self, db: str) -> Any:
-        self._djpool_discard = True
+        self._note_statement(_USE)
         return super().select_db(db)  # type: ignore[misc]
+
+    def set_character_set(self, *args: Any, **kwargs: Any) -> Any:
+        # mysql_set_character_set() changes the session without query().
+        self._note_statement(_SET)
+        return super().set_character_set(*args, **kwargs)  # type: ignore[misc]
+
+    @contextlib.contextmanager
+    def _djpool_setting_up(self) -> Iterator[None]:
+        """Django's own session set-up: what it runs is the baseline."""
+        changes = self._djpool_session_changes
+        yield
+        self._djpool_session_changes = changes
+        self._djpool_session_ready = True
+
+
+_TRANSACTION = frozenset({"transaction"})
+_USE = frozenset({"use"})
+_SET = frozenset({"set"})
 
 
 def _has_pending_input(fd: int) -> bool:
@@ -198,13 +410,101 @@ class Driver:
         except Exception:
             return True  # cannot tell: let the real ping decide
 
+    # -- the pool's own round trips: each ends within ping_timeout ----------
     def ping(self, conn: Any) -> None:
-        """One round trip; raise if the connection does not answer."""
-        raise NotImplementedError
+        """One round trip; raise if the connection does not answer.
+
+        Bounded by the pool's ``ping_timeout`` (see :mod:`djpoolapp.deadline`):
+        on a silent network it raises ``RoundTripTimeout`` after that many
+        seconds instead of blocking until the kernel gives up.
+        """
+        with bounded(conn, "pre-ping"):
+            self._ping(conn)
 
     def end_transaction(self, conn: Any, commit: bool = False) -> None:
-        """Commit or roll back whatever transaction may be open."""
-        conn.commit() if commit else conn.rollback()
+        """Commit or roll back whatever transaction may be open, within
+        ``ping_timeout`` (as :meth:`ping`)."""
+        with bounded(conn, "commit" if commit else "rollback"):
+            conn.commit() if commit else conn.rollback()
+
+    def _ping(self, conn: Any) -> None:
+        """The driver's round trip behind :meth:`ping`, unbounded."""
+        raise NotImplementedError
+
+    # -- checkin -----------------------------------------------------------
+    def autocommit(self, conn: Any) -> bool | None:
+        """Whether the driver connection is in autocommit mode, read
+        client-side (no round trip); None when that cannot be told (the
+        connection then never parks, see :mod:`djpoolapp.lease`)."""
+        return None
+
+    def session_changes(self, conn: Any) -> frozenset[str]:
+        """Labels (:data:`djpoolapp.sql.LABELS`) of the session changes the
+        application made since the connection was opened or last reset;
+        empty when none were seen or the driver does not watch statements."""
+        return frozenset()
+
+    def discard_pending_results(self, conn: Any) -> None:
+        """Read and drop results the application left unread, so that the
+        next statement does not fail; raise if only closing can do that."""
+
+    def checkin_problem(self, conn: Any) -> Exception | None:
+        """Why a returned connection must be invalidated rather than pooled
+        (:class:`UnreadResults`), or None.  Session changes are the lease's
+        business (reset, or close when a reset cannot be done in place).
+
+        Called by the checkin before the rollback; drops unread results on
+        the way (no round trip when there are none).
+        """
+        try:
+            self.discard_pending_results(conn)
+        except Exception as error:
+            return UnreadResults(f"unread results left on it: {error}")
+        return None
+
+    # -- session state ---------------------------------------------------
+    def snapshot(self, conn: Any) -> Any:
+        """Driver-side session attributes (read client-side, no round trip)
+        that outlive a checkin; the lease compares them at checkin with their
+        value after Django's first set-up of the connection."""
+        return None
+
+    def session_changed(self, conn: Any) -> bool:
+        """Whether the driver connection itself saw a statement that may have
+        changed session state since Django's set-up (mysqlclient)."""
+        return False
+
+    def reset_session(self, conn: Any, snapshot: Any) -> bool:
+        """Give the session the state a fresh connection has, in one round
+        trip; restore the driver-side attributes to *snapshot*.  Return False
+        when it cannot be done in place: the pool then closes the connection.
+        Called at checkin, with no transaction open."""
+        return False
+
+    def close_server_cursors(self, conn: Any) -> None:
+        """Close every server-side cursor of the session (one round trip)."""
+
+    def forget_cursor(self, cursor: Any) -> None:
+        """Close *cursor* on the client only: not a byte reaches the session,
+        which may be another request's by now, or in use by its holder in
+        another thread (as closing a cursor of a closed connection in stock
+        Django sends nothing).  The checkin closes what it left on the
+        session.  Default: the driver's ``close()``, which sends nothing for
+        client-side cursors (sqlite3)."""
+        cursor.close()
+
+    def cursor_name(self, cursor: Any) -> str | None:
+        """The name of a server-side (named) cursor, else None."""
+        return None
+
+    def close_named_cursors(self, conn: Any, names: list[str]) -> None:
+        """Close the server-side cursors *names* (outside a transaction; one
+        that no longer exists is ignored)."""
+
+    def busy(self, conn: Any) -> bool:
+        """True while the driver is inside a call on *conn* (a finaliser the
+        garbage collector runs in the middle of one must not call it)."""
+        return False
 
     def neutralise(self, conn: Any, devnull: int) -> None:
         """After fork: point the inherited socket at /dev/null so that nothing
@@ -219,7 +519,10 @@ class PostgresDriver(Driver):
 
     vendor = "postgresql"
 
-    def ping(self, conn: Any) -> None:
+    def autocommit(self, conn: Any) -> bool | None:
+        return bool(conn.autocommit)
+
+    def _ping(self, conn: Any) -> None:
         # In autocommit, so that the ping never leaves a transaction open
         # (Django's next `autocommit = True` would fail on INTRANS).  Both
         # drivers switch autocommit client-side, without a round trip.
@@ -233,15 +536,98 @@ class PostgresDriver(Driver):
             if not autocommit and not conn.closed:
                 conn.autocommit = False
 
+    def _run_in_autocommit(self, conn: Any, statement: str) -> None:
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(statement)
+        finally:
+            if not autocommit and not conn.closed:
+                conn.autocommit = False
+
+    def reset_session(self, conn: Any, snapshot: Any) -> bool:
+        # DISCARD ALL (PgBouncer's server_reset_query): RESET ALL, SET
+        # SESSION AUTHORIZATION DEFAULT (undoes SET ROLE), DEALLOCATE ALL,
+        # CLOSE ALL, UNLISTEN *, advisory locks, temp tables, plan caches.
+        # psycopg 3 empties its prepared-statement cache when it sees it.
+        if not self.restore(conn, snapshot):
+            return False  # an attribute that cannot be set back: close it
+        self._run_in_autocommit(conn, "DISCARD ALL")
+        return True
+
+    def close_server_cursors(self, conn: Any) -> None:
+        self._run_in_autocommit(conn, "CLOSE ALL")
+
+    def cursor_name(self, cursor: Any) -> str | None:
+        name = getattr(cursor, "name", None)  # psycopg2: None when unnamed
+        return name if isinstance(name, str) and name else None
+
+    def close_named_cursors(self, conn: Any, names: list[str]) -> None:
+        with conn.cursor() as cursor:
+            for name in names:
+                quoted = '"' + name.replace('"', '""') + '"'
+                try:
+                    cursor.execute(f"CLOSE {quoted}")
+                except self.module.Error:  # gone with its transaction
+                    pass
+
+    def restore(self, conn: Any, snapshot: Any) -> bool:
+        """Set the driver-side session attributes back to *snapshot*; False
+        when one of them cannot be (the connection is then closed)."""
+        return True
+
 
 class PsycopgDriver(PostgresDriver):
     """psycopg 3."""
 
     module_name = "psycopg"
 
+    def forget_cursor(self, cursor: Any) -> None:
+        # The client-side part of close(): a named cursor's own close() would
+        # send CLOSE (into another request's transaction); marked closed, the
+        # cursor never warns "deleted while still open" either.  A closed
+        # server cursor's execute() still sends CLOSE for its old portal
+        # before it checks that it is closed: it becomes a ForgottenCursor.
+        self.module.Cursor.close(cursor)
+        if isinstance(cursor, self.module.ServerCursor):
+            _forget(cursor, self.module.InterfaceError, "the cursor is closed")
+
+    def busy(self, conn: Any) -> bool:
+        # psycopg 3 holds the connection's (non-reentrant) lock during every
+        # call; a server-side cursor's close() takes it.
+        lock = getattr(conn, "lock", None)
+        return lock is not None and lock.locked()
+
     def connect(self, kwargs: dict[str, Any]) -> Any:
         connection_class: Any = pooled_class(self.module.Connection)
-        return connection_class.connect(**kwargs)
+        conn = connection_class.connect(**kwargs)
+        conn.cursor_factory = pooled_class(conn.cursor_factory, WatchedPsycopgCursor)
+        conn.server_cursor_factory = pooled_class(
+            conn.server_cursor_factory, WatchedServerCursor
+        )
+        return conn
+
+    def snapshot(self, conn: Any) -> Any:
+        # Client-side attributes a raw ``connection.connection`` can change
+        # and that a new connection would have as Django set them up: the
+        # session characteristics, and how rows, cursors and prepared
+        # statements are made (a dict_row row_factory breaks the ORM).
+        return (
+            conn.read_only, conn.isolation_level, conn.deferrable,
+            conn.row_factory, conn.cursor_factory, conn.server_cursor_factory,
+            conn.prepare_threshold, conn.prepared_max,
+        )  # fmt: skip
+
+    def restore(self, conn: Any, snapshot: Any) -> bool:
+        if snapshot is not None and self.snapshot(conn) != snapshot:
+            (
+                conn.read_only, conn.isolation_level, conn.deferrable,
+                conn.row_factory, conn.cursor_factory, conn.server_cursor_factory,
+                conn.prepare_threshold, conn.prepared_max,
+            ) = snapshot  # fmt: skip
+        return True
 
     def is_broken(self, conn: Any) -> bool:
         return bool(conn.closed or conn.broken)
@@ -258,12 +644,53 @@ class Psycopg2Driver(PostgresDriver):
 
     module_name = "psycopg2"
 
+    def forget_cursor(self, cursor: Any) -> None:
+        # A client cursor closes without a round trip.  A named one cannot be
+        # marked closed without its CLOSE: it becomes a ForgottenCursor,
+        # closed as far as its users can tell (no statement, no fetch).
+        if getattr(cursor, "name", None) is None:
+            cursor.close()
+        else:
+            _forget(cursor, self.module.InterfaceError, "cursor already closed")
+
     def connect(self, kwargs: dict[str, Any]) -> Any:
         kwargs = dict(kwargs)
         base = (
             kwargs.pop("connection_factory", None) or self.module.extensions.connection
         )
-        return self.module.connect(connection_factory=pooled_class(base), **kwargs)
+        conn = self.module.connect(connection_factory=pooled_class(base), **kwargs)
+        conn.cursor_factory = pooled_class(
+            conn.cursor_factory or self.module.extensions.cursor, WatchedPsycopg2Cursor
+        )
+        return conn
+
+    def snapshot(self, conn: Any) -> Any:
+        # The session characteristics, the cursor class and the client
+        # encoding (psycopg2 keeps its own copy of it: after DISCARD ALL the
+        # server's and psycopg2's would disagree).
+        return (
+            conn.readonly, conn.isolation_level, conn.deferrable,
+            conn.cursor_factory, conn.encoding,
+        )  # fmt: skip
+
+    def restore(self, conn: Any, snapshot: Any) -> bool:
+        if snapshot is None or self.snapshot(conn) == snapshot:
+            return True
+        readonly, isolation_level, deferrable, cursor_factory, encoding = snapshot
+        if conn.encoding != encoding:
+            return False
+        if (conn.readonly, conn.isolation_level, conn.deferrable) != (
+            readonly, isolation_level, deferrable,
+        ):  # fmt: skip
+            conn.set_session(
+                isolation_level="DEFAULT"
+                if isolation_level is None
+                else isolation_level,
+                readonly="DEFAULT" if readonly is None else readonly,
+                deferrable="DEFAULT" if deferrable is None else deferrable,
+            )
+        conn.cursor_factory = cursor_factory
+        return True
 
     def is_broken(self, conn: Any) -> bool:
         return bool(conn.closed)
@@ -273,6 +700,16 @@ class Psycopg2Driver(PostgresDriver):
             conn.get_transaction_status()
             != self.module.extensions.TRANSACTION_STATUS_IDLE
         )
+
+    def end_transaction(self, conn: Any, commit: bool = False) -> None:
+        super().end_transaction(conn, commit)
+        if conn.autocommit and self.in_transaction(conn):
+            # psycopg2's rollback()/commit() do nothing in autocommit mode,
+            # even when a hand-written BEGIN opened a transaction (libpq
+            # reports it): end it with the statement itself.
+            with bounded(conn, "commit" if commit else "rollback"):
+                with conn.cursor() as cursor:
+                    cursor.execute("COMMIT" if commit else "ROLLBACK")
 
 
 class MySQLdbDriver(Driver):
@@ -285,10 +722,59 @@ class MySQLdbDriver(Driver):
     def connect(self, kwargs: dict[str, Any]) -> Any:
         from MySQLdb.connections import Connection
 
-        return pooled_class(Connection, PooledMySQLConnection)(**kwargs)
+        conn = pooled_class(Connection, PooledMySQLConnection)(**kwargs)
+        # What mysqlclient ran while connecting (SET NAMES ... COLLATE,
+        # SET sql_mode) is the connection's starting state, not a change.
+        conn._djpool_session_changes = frozenset()
+        conn._djpool_txn_suspect = False
+        return conn
+
+    def forget_cursor(self, cursor: Any) -> None:
+        # mysqlclient's close() reads the connection's pending results
+        # (another request's, by now): detached first, it reads nothing.
+        # (Django's MySQL backend wraps the driver cursor in its own.)
+        inner = getattr(cursor, "cursor", cursor)
+        inner.connection = None
+        inner._result = None
+        cursor.close()
+
+    def session_changes(self, conn: Any) -> frozenset[str]:
+        changes: frozenset[str] = conn._djpool_session_changes
+        return changes
+
+    def discard_pending_results(self, conn: Any) -> None:
+        # Result sets a multi-statement or CALL left unread: next_result()
+        # answers -1 at once, without I/O, when the server announced none.
+        # An unbuffered cursor (SSCursor) still reading rows makes it raise
+        # 2014 "Commands out of sync": only its cursor can drop those rows,
+        # and reading an unknown number of them could take any time, so the
+        # checkin invalidates that connection instead.
+        if not conn.open:
+            return  # closed: nothing to read (the checkin sees it is broken)
+        while conn.next_result() == 0:
+            discard = getattr(conn, "discard_result", None)  # mysqlclient >= 2.2
+            if discard is not None:
+                discard()
+            else:
+                conn.store_result()
+
+    def checkin_problem(self, conn: Any) -> Exception | None:
+        # MySQL has no reset that keeps what the connection was opened with:
+        # mysqlclient cannot send COM_RESET_CONNECTION, and COM_CHANGE_USER
+        # (0.09 ms) drops what init_command, sql_mode and the collation set.
+        # A changed session is closed instead (a reconnect, 0.6 ms here) --
+        # rare: only statements the application runs itself change it.
+        changes = self.session_changes(conn)
+        if changes:
+            return SessionChanged(changes)
+        return super().checkin_problem(conn)
 
     def is_broken(self, conn: Any) -> bool:
         return not conn.open
+
+    def autocommit(self, conn: Any) -> bool | None:
+        # The status flags of the server's last reply (no round trip).
+        return bool(conn.get_autocommit())
 
     def has_pending_input(self, conn: Any) -> bool:
         # mysqlclient keeps reporting the number of a socket it closed after
@@ -309,7 +795,7 @@ class MySQLdbDriver(Driver):
         super().end_transaction(conn, commit)
         conn._djpool_txn_suspect = False
 
-    def ping(self, conn: Any) -> None:
+    def _ping(self, conn: Any) -> None:
         conn.ping()
 
 
@@ -336,7 +822,7 @@ class SQLiteDriver(Driver):
     def has_pending_input(self, conn: Any) -> bool:
         return False
 
-    def ping(self, conn: Any) -> None:
+    def _ping(self, conn: Any) -> None:
         conn.execute("SELECT 1").close()
 
     def neutralise(self, conn: Any, devnull: int) -> None:

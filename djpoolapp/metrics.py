@@ -20,6 +20,7 @@ the pool keeps anyway.  Figures are per process, labelled by ``alias``:
 ``djpool_connections_recycled_total``  counter   replaced for age
 ``djpool_connections_invalidated_total`` counter closed after an error
 ``djpool_checkout_timeouts_total``     counter   ``PoolTimeout`` raised
+``djpool_connections_pinned_total``    counter   pinned (``pool_mode``)
 ``djpool_checkout_seconds``            histogram time to hand out a connection
 ====================================== ========= ==========================
 """
@@ -60,6 +61,9 @@ COUNTERS = (
      "Connections closed because they errored or died."),
     ("timeouts", "djpool_checkout_timeouts",
      "Checkouts that waited timeout seconds and raised PoolTimeout."),
+    ("pins", "djpool_connections_pinned",
+     "Connections pinned to a Django connection until it closed "
+     "(pool_mode='transaction')."),
 )  # fmt: skip
 HISTOGRAM = (
     "djpool_checkout_seconds",

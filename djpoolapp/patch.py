@@ -13,10 +13,25 @@ from, so PostGIS, GIS MySQL and a project's own subclass are covered):
   ``connect()`` knows whose pool and options to use.  Django's own code runs
   unchanged around the checkout.
 - ``_close()`` marks the connection for invalidation when Django saw an error
-  on it or closes it inside ``atomic()``.
-- ``init_connection_state()`` is skipped for a pooled mysqlclient connection
-  that Django already set up and that ran no session-changing statement
-  since (see ``drivers.PooledMySQLConnection``).
+  on it or closes it inside ``atomic()``, and is the only ``close()`` that
+  returns a connection to the pool (``drivers.closing``).
+- ``close_if_health_check_failed()`` and ``is_usable()``: a connection
+  Django judged unusable is invalidated, never handed out again.
+- ``init_connection_state()`` runs as the backend defines it; the statements
+  it runs are not session changes (``Lease.in_setup``).  It is skipped only
+  right after a checkout of a mysqlclient connection that Django's own
+  (not overridden) MySQL set-up already prepared and that ran no
+  session-changing statement since (see ``drivers.PooledMySQLConnection``).
+- ``create_cursor()`` records the cursors of a checkout (closed at checkin)
+  and whether one was a server-side (named) cursor.
+- ``CursorWrapper.close()`` (Django's cursor, every backend) never acts on a
+  session but for the cursor's own checkout, from the thread holding it: a
+  cursor whose checkout has ended, or closed by another thread (the garbage
+  collector finalising an abandoned ``iterator()``), closes on the client
+  only (``Driver.forget_cursor``, ``Lease.orphan``); the holder closes what
+  it left on the session at its next cursor close outside a transaction, the
+  checkin otherwise.  In ``pool_mode="transaction"`` a close is also a
+  release point.
 - ``_nodb_cursor()`` (used only to create, clone and drop test databases)
   first disposes the pools, so that idle pooled connections never block
   ``DROP DATABASE`` or ``CREATE DATABASE ... TEMPLATE``.
@@ -29,15 +44,23 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from types import ModuleType
 from typing import Any
 
+from django.core.signals import setting_changed
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
+from django.db.backends.utils import CursorWrapper
 
-from .drivers import DRIVERS, PooledConnection, driver_for
+from .drivers import DRIVERS, closing
+from .lease import PARKED, cursor_checkout
+from .lease import UNSET as _UNSET
 from .pool import registry
+from .signals import connection_checked_out
+from .txmode import other_thread, release_if_idle
 
 logger = logging.getLogger("djpoolapp")
 
@@ -101,31 +124,212 @@ def _wrap_close(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def _close(self: Any) -> Any:
         connection = self.connection
-        if isinstance(connection, PooledConnection) and (
-            self.errors_occurred or self.in_atomic_block
-        ):
+        lease = getattr(connection, "_djpool_lease", None)
+        if lease is None or not lease.held_by(self):
+            return original(self)
+        if self.errors_occurred or self.in_atomic_block:
             # Django saw an error it did not clear with a successful
             # is_usable(), or the connection is closed mid-transaction while
             # Django keeps a reference to it: never hand it out again.
-            connection._djpool_discard = True
-        return original(self)
+            lease.mark_discard(
+                "Django saw an error on it"
+                if self.errors_occurred
+                else "closed inside atomic()"
+            )
+        elif (
+            self.autocommit == self.settings_dict["AUTOCOMMIT"]
+            and lease.pool.parking
+            and lease.pool.settings_seen is not None  # (else never taken back)
+            and _parkable(type(self))
+        ):
+            lease.park_wanted = True  # the checkin may park it (fast path)
+        token = closing.set(connection)  # this close() checks it in
+        try:
+            return original(self)
+        finally:
+            closing.reset(token)
+            lease.park_wanted = False
+            if lease.state is PARKED and lease.held_by(self):
+                self._djpool_park = lease  # taken back by ensure_connection()
+                self._djpool_park_generation = _settings_generation[0]
 
     _close._djpool_patched = True  # type: ignore[attr-defined]
     return _close
 
 
+#: Bumped by every ``setting_changed`` signal (tests' ``override_settings``):
+#: a connection parked before a change is never taken back after it, since
+#: settings outside ``DATABASES`` (``TIME_ZONE``, ``USE_TZ``) shape what
+#: Django's ``connect()`` sets up (``init_connection_state()``).
+_settings_generation = [0]
+
+
+def _on_setting_changed(**kwargs: Any) -> None:
+    _settings_generation[0] += 1
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="djpoolapp.park")
+
+#: ``connection_created`` receivers that only set up the driver connection
+#: itself (type adapters), which a parked connection keeps.
+_IDEMPOTENT_RECEIVERS = frozenset(
+    {("django.contrib.postgres.signals", "register_type_handlers")}
+)
+
+
+def _parkable(klass: type) -> bool:
+    """Whether connections of backend *klass* may park: only when Django's
+    per-connect set-up has no project code in it, because a taken-back
+    connection skips ``connect()``.  A backend (or a base below Django's
+    own) that overrides ``init_connection_state()`` and a
+    ``connection_created`` receiver other than type registration may set
+    per-request state there (a tenant id, ``SET ROLE``), which stock Django
+    with ``CONN_MAX_AGE=0`` redoes at every request."""
+    owner = next(
+        (k for k in klass.__mro__ if "init_connection_state" in k.__dict__), None
+    )
+    if owner is None or not owner.__module__.startswith("django.db.backends."):
+        return False
+    try:
+        live: Any = connection_created._live_receivers(klass)
+    except Exception:  # a Django whose private API differs: do not park
+        return False
+    if isinstance(live, tuple):  # Django 5.0+: (sync, async) receivers
+        live = [*live[0], *live[1]]
+    for receiver in live:
+        name = getattr(receiver, "__qualname__", getattr(receiver, "__name__", ""))
+        module = getattr(receiver, "__module__", "")
+        if (module, name) not in _IDEMPOTENT_RECEIVERS:
+            return False
+    return True
+
+
+def _wrap_ensure_connection(
+    original: Callable[..., Any], klass: type | None = None
+) -> Callable[..., Any]:
+    """The fast path: take back the connection this wrapper parked, then run
+    the inherited ``ensure_connection()``, looked up at call time (a no-op
+    once connected; Django's test cases and pytest-django swap
+    ``BaseDatabaseWrapper``'s to guard database access, and their guards
+    still run)."""
+    own = klass is None or "ensure_connection" in klass.__dict__
+    cls: Any = klass
+    monotonic = time.monotonic
+    debug, DEBUG = logger.isEnabledFor, logging.DEBUG
+
+    def ensure_connection(self: Any) -> Any:
+        lease = self._djpool_park
+        if lease is not None:
+            self._djpool_park = None
+            if (
+                self.connection is None
+                and self.settings_dict == lease.pool.settings_seen
+                and self._djpool_park_generation == _settings_generation[0]
+                and lease.claim(self)
+            ):
+                # What Django's connect() resets on the wrapper; the driver
+                # connection is still set up as Django left it.
+                self.in_atomic_block = False
+                self.savepoint_ids = []
+                self.atomic_blocks = []
+                self.needs_rollback = False
+                settings_dict = self.settings_dict
+                self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
+                max_age = settings_dict["CONN_MAX_AGE"]
+                self.close_at = None if max_age is None else monotonic() + max_age
+                self.closed_in_transaction = False
+                self.errors_occurred = False
+                self.health_check_done = True
+                self.connection = lease.conn
+                self.run_on_commit = []
+                if connection_checked_out.receivers or debug(DEBUG):
+                    lease.pool._announce_checkout(lease.conn, 0.0)
+            else:  # taken, closed, or settings changed: connect anew
+                lease.release_parked()
+        if own:
+            return original(self)
+        return super(cls, self).ensure_connection()
+
+    ensure_connection = functools.wraps(original)(ensure_connection)
+    ensure_connection._djpool_patched = True  # type: ignore[attr-defined]
+    return ensure_connection
+
+
+def _wrap_close_if_health_check_failed(
+    original: Callable[..., Any],
+) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def close_if_health_check_failed(self: Any) -> Any:
+        connection = self.connection
+        if connection is None or self.health_check_done:
+            return original(self)
+        lease = getattr(connection, "_djpool_lease", None)
+        if lease is None:
+            return original(self)
+        # Django closes it here only when its health check (is_usable(),
+        # however the backend or a test defines it) failed: that verdict
+        # stands, the connection is invalidated, not returned.
+        previous = lease.discard
+        lease.discard = "Django's health check (CONN_HEALTH_CHECKS) failed"
+        try:
+            return original(self)
+        finally:
+            if self.connection is connection:
+                lease.discard = previous
+
+    close_if_health_check_failed._djpool_patched = True  # type: ignore[attr-defined]
+    return close_if_health_check_failed
+
+
+def _wrap_is_usable(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def is_usable(self: Any) -> Any:
+        usable = original(self)
+        if not usable:
+            lease = getattr(self.connection, "_djpool_lease", None)
+            if lease is not None and lease.held_by(self):
+                lease.mark_discard("Django's is_usable() returned False")
+        return usable
+
+    is_usable._djpool_patched = True  # type: ignore[attr-defined]
+    return is_usable
+
+
 def _wrap_init_connection_state(original: Callable[..., Any]) -> Callable[..., Any]:
+    # Skipping is exact only for Django's own MySQL set-up: a project's
+    # override (or any other backend) always runs.
+    skippable = (
+        getattr(original, "__module__", "") == "django.db.backends.mysql.base"
+        and original.__qualname__ == "DatabaseWrapper.init_connection_state"
+    )
+
     @functools.wraps(original)
     def init_connection_state(self: Any) -> Any:
         connection = self.connection
-        if getattr(connection, "_djpool_session_ready", None) is True:
-            # A pooled connection whose driver watches session-changing
-            # statements (mysqlclient): Django already set this session up
-            # for this alias and nothing has changed it since.
+        lease = getattr(connection, "_djpool_lease", None)
+        if lease is None:
+            return original(self)
+        fresh, lease.fresh = lease.fresh, False
+        ready = getattr(connection, "_djpool_session_ready", None)
+        if skippable and fresh and ready is True:
+            # Right after a checkout of a connection that Django's own
+            # MySQL set-up already prepared (same pool: same settings) and
+            # that ran no session-changing statement since.
             return None
-        result = original(self)
+        lease.in_setup = True
+        try:
+            setting_up = getattr(connection, "_djpool_setting_up", None)
+            if setting_up is None:
+                result = original(self)
+            else:
+                with setting_up():  # Django's set-up statements are the baseline
+                    result = original(self)
+        finally:
+            lease.in_setup = False
         if getattr(connection, "_djpool_session_ready", None) is False:
-            connection._djpool_session_ready = True
+            connection._djpool_session_ready = True  # Django's own SETs
+        if lease.snapshot is _UNSET:
+            lease.snapshot = lease.driver.snapshot(connection)
         return result
 
     init_connection_state._djpool_patched = True  # type: ignore[attr-defined]
@@ -134,17 +338,68 @@ def _wrap_init_connection_state(original: Callable[..., Any]) -> Callable[..., A
 
 def _wrap_create_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    def create_cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
-        cursor = original(self, *args, **kwargs)
-        connection = self.connection
-        if isinstance(connection, PooledConnection):
+    def create_cursor(self: Any, name: Any = None) -> Any:
+        cursor = original(self, name)
+        lease = getattr(self.connection, "_djpool_lease", None)
+        if lease is not None:
             # Closed at checkin if still open: a cursor must not outlive
-            # the checkout (see AliasPool.checkin).
-            connection._djpool_track_cursor(cursor)
+            # the checkout (see Lease.checkin).
+            lease.track_cursor(cursor)
+            if name:
+                lease.named_cursors = True  # server-side: reset at checkin
         return cursor
 
     create_cursor._djpool_patched = True  # type: ignore[attr-defined]
     return create_cursor
+
+
+def _cursor_close(original: Callable[..., Any] | None) -> Callable[..., Any]:
+    """``CursorWrapper.close``.  Django defines none (``__getattr__`` reaches
+    the driver cursor's): one is added, and removed by :func:`uninstall`; a
+    later Django's own *original* would be wrapped."""
+
+    def close_driver_cursor(wrapper: Any) -> Any:
+        return wrapper.cursor.close()
+
+    plain_close = original or close_driver_cursor
+
+    def close(self: Any) -> Any:
+        cursor = self.cursor
+        checkout = cursor_checkout(cursor)
+        if checkout is None:
+            return plain_close(self)  # not a pooled connection's cursor
+        lease, serial = checkout
+        if not lease.is_current(serial):
+            # Its checkout ended (the checkin closed it, unless the garbage
+            # collector had hidden it then: it clears weak references before
+            # it runs finalisers): the session may be another request's, and
+            # stock Django's closed connection would send nothing.
+            lease.driver.forget_cursor(cursor)
+            return None
+        db = self.db
+        if other_thread(db) or lease.driver.busy(lease.conn):
+            # A thread that does not hold the connection closes it (the
+            # garbage collector, or an event loop's async-generator hook,
+            # finalising an abandoned iterator()/aiterator(): a client went
+            # away mid-stream) while the holder may be using the connection;
+            # or a finaliser runs inside a driver call on it.
+            lease.orphan(cursor)
+            return None
+        try:
+            return plain_close(self)
+        finally:
+            if (
+                lease.orphans
+                and db.autocommit
+                and not db.in_atomic_block
+                and lease.is_current(serial)
+            ):
+                lease.close_orphans()
+            if getattr(db, "_djpool_txmode", False):
+                release_if_idle(db)  # a statement group ended
+
+    close._djpool_patched = True  # type: ignore[attr-defined]
+    return close
 
 
 def _wrap_nodb_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -158,8 +413,11 @@ def _wrap_nodb_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _WRAPPERS = {
+    "ensure_connection": _wrap_ensure_connection,
     "get_new_connection": _wrap_get_new_connection,
     "_close": _wrap_close,
+    "close_if_health_check_failed": _wrap_close_if_health_check_failed,
+    "is_usable": _wrap_is_usable,
     "init_connection_state": _wrap_init_connection_state,
     "create_cursor": _wrap_create_cursor,
     "_nodb_cursor": _wrap_nodb_cursor,
@@ -178,16 +436,22 @@ def install(wrapper_class: type[BaseDatabaseWrapper]) -> None:
             _set(module, "Database", _module_proxy(module.__dict__["Database"]))
         if _is_driver_module(klass.__dict__.get("Database")):
             _set(klass, "Database", _module_proxy(klass.__dict__["Database"]))
-    driver = driver_for(getattr(wrapper_class, "Database", None))
+    current = CursorWrapper.__dict__.get("close")
+    if not getattr(current, "_djpool_patched", False):
+        _set(CursorWrapper, "close", _cursor_close(current))
+    if "_djpool_park" not in dir(wrapper_class):
+        # The lease a wrapper parked at its last close (fast path), or None,
+        # and the settings generation it parked in.
+        _set(wrapper_class, "_djpool_park", None)
+        _set(wrapper_class, "_djpool_park_generation", 0)
     for name, wrap in _WRAPPERS.items():
-        if name == "init_connection_state" and not (
-            driver and driver.tracks_session_statements
-        ):
-            continue  # only a driver that watches SET statements can skip it
         current = getattr(wrapper_class, name)
         if getattr(current, "_djpool_patched", False):
             continue  # inherited from a class already patched
-        _set(wrapper_class, name, wrap(current))
+        if name == "ensure_connection":
+            _set(wrapper_class, name, _wrap_ensure_connection(current, wrapper_class))
+        else:
+            _set(wrapper_class, name, wrap(current))
     _installed.add(wrapper_class)
     logger.debug("Patched %s.%s", wrapper_class.__module__, wrapper_class.__qualname__)
 

@@ -8,15 +8,20 @@ Django still holds are closed when returned, so no connection is ever reused
 with parameters other than those it was opened with.
 
 SQLAlchemy does the pooling (checkout, checkin, overflow, timeout, LIFO).
-djpoolapp adds what a bare ``QueuePool`` lacks: a driver-aware checkout check
-(recycle, cheap liveness test, ping after idle) run through SQLAlchemy's
-pre-ping hook, and a driver-aware reset on return.
+Each driver connection's :class:`~djpoolapp.lease.Lease` does the rest: the
+driver-aware checkout check (recycle, cheap liveness test, ping after idle),
+run through SQLAlchemy's pre-ping hook, and the checkin (rollback, cursors,
+session reset, invalidation); ``AliasPool.checkout``/``checkin`` only connect
+the two.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -26,26 +31,37 @@ from typing import Any
 from django.db import connections
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import QueuePool
 from sqlalchemy.pool.base import _ConnDialect
 
 from .conf import Config, get_config
 from .drivers import Driver, PooledConnection, SQLiteDriver, driver_for
 from .exceptions import PoolTimeout
+from .lease import PARKED, Lease, Recycle, Retired
+from .queue import FairQueuePool, Stolen
 from .signals import connection_checked_in, connection_checked_out
+from .tagging import tag_connect_kwargs
 
 logger = logging.getLogger("djpoolapp")
 
 #: Every pooled driver connection alive in this process (for fork handling).
 _live_connections: weakref.WeakSet[Any] = weakref.WeakSet()
 
+#: The fast path (``lease.py``, "Parking"): Django's close at request end
+#: parks the connection with its wrapper.  False: every close returns it to
+#: SQLAlchemy's queue (as before issue 12; for A/B measurements).
+#: ``DJPOOL_PARK`` in the environment overrides every alias's ``park``
+#: option: "1" on, "0" off (A/B measurements); unset: the option decides.
+PARK_OVERRIDE: bool | None = {"1": True, "0": False}.get(
+    os.environ.get("DJPOOL_PARK", "")
+)
 
-class _Recycle(sa_exc.DisconnectionError):
-    """Raised at checkout for a connection older than ``recycle``."""
 
-
-class _Retired(sa_exc.DisconnectionError):
-    """Reason given when a connection of a retired pool is closed on return."""
+def _settings_copy(settings_dict: dict[str, Any]) -> dict[str, Any] | None:
+    """A deep copy of a DATABASES entry, or None if it cannot be copied."""
+    try:
+        return copy.deepcopy(settings_dict)
+    except Exception:  # e.g. an SSL context in OPTIONS: no fast path
+        return None
 
 
 #: Upper bounds in seconds of the checkout-time histogram's buckets
@@ -59,11 +75,18 @@ CHECKOUT_BUCKETS = (
 class AliasStats:
     """Event counters of one alias, kept across its successive pools."""
 
-    COUNTERS = ("opened", "recycled", "invalidated", "timeouts")
+    COUNTERS = ("opened", "recycled", "invalidated", "timeouts", "pins")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.opened = self.recycled = self.invalidated = self.timeouts = 0
+        #: Driver connections pinned to a Django connection (pool_mode
+        #: "transaction", see txmode.py).
+        self.pins = 0
+        #: Checkouts returned because their owner was gone (Lease.recover).
+        self.recovered = 0
+        #: Parked connections taken from their thread by another checkout.
+        self.steals = 0
         # Running totals for the status page's "connect vs checkout" figures:
         # two perf_counter() calls and one uncontended lock per checkout.
         self.connect_seconds = self.checkout_seconds = 0.0
@@ -108,11 +131,13 @@ class AliasStats:
 
 
 class _CheckoutDialect(_ConnDialect):
-    """Lets SQLAlchemy's pre-ping hook run :meth:`AliasPool.check_on_checkout`.
+    """SQLAlchemy's hooks into the lease.
 
-    SQLAlchemy calls it for every checkout of a connection that is not brand
-    new; raising ``DisconnectionError`` makes it invalidate that one
-    connection and open a replacement, so the request does not fail.
+    The pre-ping hook runs :meth:`Lease.check_on_checkout` for every checkout
+    of a connection that is not brand new; raising ``DisconnectionError``
+    makes SQLAlchemy invalidate that one connection and open a replacement,
+    so the request does not fail.  Closing goes through the lease too, so
+    that it knows the session is gone.
     """
 
     def __init__(self, alias_pool: AliasPool) -> None:
@@ -121,6 +146,14 @@ class _CheckoutDialect(_ConnDialect):
     def _do_ping_w_event(self, dbapi_connection: Any) -> bool:
         self._alias_pool.check_on_checkout(dbapi_connection)
         return True
+
+    def do_close(self, dbapi_connection: Any) -> None:
+        lease = dbapi_connection._djpool_lease
+        if lease is not None:
+            lease.closed()
+        dbapi_connection._djpool_close()
+
+    do_terminate = do_close
 
 
 def describe(kwargs: dict[str, Any]) -> str:
@@ -169,8 +202,23 @@ class AliasPool(_Entry):
         self._recycle = float(options["recycle"])
         self._pre_ping = bool(options["pre_ping"])
         self._ping_after_idle = float(options["ping_after_idle"])
-        self._reset = options["reset_on_return"]
-        self.pool = QueuePool(
+        #: ``reset_session`` option: "auto", "always" or False.
+        self.reset_session = options.get("reset_session", "auto")
+        #: The DATABASES entry the pool was made for (or last matched), deep
+        #: copied: a wrapper takes back its parked connection only while its
+        #: settings still equal it (see patch.py's ensure_connection).
+        self.settings_seen: dict[str, Any] | None = None
+        # -- pool_mode (txmode.py) --
+        self.transaction_mode = options.get("pool_mode") == "transaction"
+        if self.transaction_mode:
+            from . import txmode
+
+            txmode.install()
+        # -- end pool_mode --
+        #: Whether Django's close parks connections with their wrapper.
+        park = options.get("park", False) if PARK_OVERRIDE is None else PARK_OVERRIDE
+        self.parking = bool(park) and not self.transaction_mode
+        self.pool = FairQueuePool(  # waiters served first come, first served
             self._create,
             pool_size=options["pool_size"],
             max_overflow=options["max_overflow"],
@@ -181,6 +229,10 @@ class AliasPool(_Entry):
             reset_on_return=None,  # done in checkin, driver-aware
             dialect=_CheckoutDialect(self),
         )
+        #: The pool's FairQueue (idle, parked and waiting checkouts).
+        self.queue: Any = self.pool._pool
+        if not hasattr(self.queue, "park"):  # another queue class (benchmarks)
+            self.parking = False
         self._open = 0  # driver connections open now (idle + checked out)
         self._open_lock = threading.Lock()
         event.listen(self.pool, "invalidate", self._on_invalidate)
@@ -198,11 +250,13 @@ class AliasPool(_Entry):
     # -- the lifecycle -------------------------------------------------------
     def _create(self) -> Any:
         started = time.perf_counter()
-        conn = self.driver.connect(self.connect_kwargs)
+        conn = self.driver.connect(
+            tag_connect_kwargs(self.alias, self.driver.vendor, self.connect_kwargs)
+        )
         self.stats.add_connect_time(time.perf_counter() - started)
         conn._djpool_pool = self
         conn._djpool_socket = self.driver.socket_identity(conn)
-        conn._djpool_created_at = conn._djpool_returned_at = time.monotonic()
+        conn._djpool_lease = Lease(self, conn)
         _live_connections.add(conn)
         with self._open_lock:
             self._open += 1
@@ -210,30 +264,67 @@ class AliasPool(_Entry):
         logger.info("Opened a connection for %r", self)
         return conn
 
-    def checkout(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def checkout(self, wrapper: Any) -> Any:
+        """A driver connection for Django's *wrapper* (``Database.connect()``)."""
         started = time.perf_counter()
-        try:
-            fairy = self.pool.connect()
-        except sa_exc.TimeoutError:
-            self.stats.add("timeouts")
-            message = (
-                f"djpoolapp: no connection available for database alias "
-                f"'{self.alias}' within {self.options['timeout']} s: all "
-                f"pool_size={self.options['pool_size']} + "
-                f"max_overflow={self.options['max_overflow']} connections are "
-                "checked out. Return connections sooner (close them, avoid "
-                "long requests) or raise pool_size/max_overflow in "
-                "DJPOOL_OPTIONS."
-            )
-            logger.warning(message)
-            raise PoolTimeout(message) from None
+        own = wrapper.__dict__.get("_djpool_park")
+        if own is not None:  # connect() called directly: its parked one goes back
+            wrapper._djpool_park = None
+            own.release_parked()
+        while True:
+            try:
+                fairy = self.pool.connect()
+            except Stolen as stolen:
+                # Nothing idle: a connection parked with another thread
+                # (reset when it parked), checked as SQLAlchemy's pre-ping
+                # hook checks a reused one.
+                lease = stolen.item
+                fairy = lease.fairy
+                try:
+                    lease.check_on_checkout(time.monotonic())
+                except sa_exc.DisconnectionError as error:
+                    lease.fairy = None
+                    fairy.invalidate(e=error)
+                    continue  # replaced, as the pre-ping replaces it
+                self.stats.add("steals")
+            except sa_exc.TimeoutError:
+                raise self._timed_out(wrapper) from None
+            except sa_exc.SQLAlchemyError:
+                raise
+            except Exception as error:
+                # The driver's own error, as without the app: no SQLAlchemy
+                # frames.
+                raise error.with_traceback(None) from None
+            break
         waited = time.perf_counter() - started
         self.stats.add_checkout_time(waited)
         conn: Any = fairy.dbapi_connection
-        conn._djpool_fairy = fairy
+        conn._djpool_lease.checkout(fairy, wrapper)
+        wrapper._djpool_txmode = self.transaction_mode  # pool_mode (txmode.py)
         if connection_checked_out.receivers or logger.isEnabledFor(logging.DEBUG):
             self._announce_checkout(conn, waited)
         return conn
+
+    def _timed_out(self, wrapper: Any) -> PoolTimeout:
+        self.stats.add("timeouts")
+        message = (
+            f"djpoolapp: no connection available for database alias "
+            f"'{self.alias}' within {self.options['timeout']} s: all "
+            f"pool_size={self.options['pool_size']} + "
+            f"max_overflow={self.options['max_overflow']} connections are "
+            "checked out. Return connections sooner (close them, avoid "
+            "long requests) or raise pool_size/max_overflow in "
+            "DJPOOL_OPTIONS."
+        )
+        max_age = wrapper.settings_dict.get("CONN_MAX_AGE", 0)
+        if max_age != 0:
+            message += (
+                f" Likely cause: DATABASES['{self.alias}']['CONN_MAX_AGE'] is "
+                f"{max_age!r}, so each thread keeps its connection after its "
+                "request; set it to 0 (the pool keeps connections open)."
+            )
+        logger.warning(message)
+        return PoolTimeout(message)
 
     def _announce_checkout(self, conn: Any, waited: float) -> None:
         """DEBUG line and signal of a checkout; kept off the hot path."""
@@ -243,80 +334,18 @@ class AliasPool(_Entry):
                 AliasPool, alias=self.alias, dbapi_connection=conn, wait=waited
             )
 
+    def park(self, lease: Lease) -> bool:
+        """Park *lease* with its wrapper (``FairQueue.park``); False: return
+        it to the queue instead."""
+        return self.parking and not self.retired and self.queue.park(lease)
+
     def check_on_checkout(self, conn: Any) -> None:
         """Recycle old connections, hand out clean ones, replace dead ones."""
-        now = time.monotonic()
-        if self._recycle > 0 and now - conn._djpool_created_at > self._recycle:
-            raise _Recycle(f"older than recycle={self.options['recycle']} s")
-        driver = self.driver
-        try:
-            # (A connection the driver knows is broken never reaches the pool:
-            # checkin invalidates it.  One the server closed while idle has
-            # input pending, so the ping below runs and fails.)
-            if not conn._djpool_clean and driver.in_transaction(conn):
-                driver.end_transaction(conn)  # known open: hand it out clean
-            conn._djpool_clean = False
-            if self._pre_ping and (
-                now - conn._djpool_returned_at >= self._ping_after_idle
-                or driver.has_pending_input(conn)
-            ):
-                driver.ping(conn)
-        except sa_exc.DisconnectionError:
-            raise
-        except Exception as error:
-            raise sa_exc.DisconnectionError(f"ping failed: {error}") from error
+        conn._djpool_lease.check_on_checkout(time.monotonic())
 
-    def checkin(self, conn: Any, fairy: Any) -> None:
+    def checkin(self, conn: Any) -> None:
         """Reset and return a connection Django closed, or invalidate it."""
-        conn._djpool_returned_at = time.monotonic()
-        cursors = conn._djpool_cursors
-        reason = None
-        if cursors:
-            conn._djpool_cursors = None
-            reason = self._close_cursors(cursors)
-        if reason is not None or conn._djpool_discard:
-            conn._djpool_discard = False
-            reason = reason or sa_exc.DisconnectionError("Django saw an error on it")
-        elif self.retired:
-            reason = _Retired("its pool was disposed or its settings changed")
-        elif self.driver.is_broken(conn):
-            reason = sa_exc.DisconnectionError("closed by the driver")
-        elif self._reset is not None:
-            try:
-                if self.driver.in_transaction(conn) is not False:
-                    self.driver.end_transaction(conn, commit=self._reset == "commit")
-                conn._djpool_clean = True
-            except Exception as error:
-                reason = error
-        if reason is None:
-            fairy.close()
-        else:
-            fairy.invalidate(e=reason)
-        if connection_checked_in.receivers or logger.isEnabledFor(logging.DEBUG):
-            self._announce_checkin(conn, reason)
-
-    @staticmethod
-    def _close_cursors(cursors: Any) -> BaseException | None:
-        """Close the cursors of this checkout that are still open; return why
-        the connection must be invalidated, if closing one failed.
-
-        Stock Django frees them by closing the connection.  In a pool the
-        session lives on: a WITH HOLD server-side cursor (an abandoned
-        ``iterator()`` in autocommit) would keep its result set on the
-        server, and a stale cursor closed or used later would act on the
-        connection of whichever request holds it then.  Closed here, a
-        cursor is inert: ``close()`` again does nothing, using it raises.
-        """
-        failure: BaseException | None = None
-        for reference in cursors:
-            cursor = reference()
-            if cursor is None:
-                continue  # already garbage: closed with it
-            try:
-                cursor.close()
-            except Exception as error:
-                failure = failure or error
-        return failure
+        conn._djpool_lease.checkin()
 
     def _announce_checkin(self, conn: Any, reason: BaseException | None) -> None:
         """DEBUG line and signal of a checkin; kept off the hot path."""
@@ -329,10 +358,10 @@ class AliasPool(_Entry):
             )  # fmt: skip
 
     def _on_invalidate(self, dbapi_connection: Any, record: Any, error: Any) -> None:
-        if isinstance(error, _Recycle):
+        if isinstance(error, Recycle):
             self.stats.add("recycled")
             logger.info("Recycled a connection of %r: %s", self, error)
-        elif isinstance(error, _Retired):
+        elif isinstance(error, Retired):
             logger.debug("Closed a returned connection of %r: %s", self, error)
         else:
             self.stats.add("invalidated")
@@ -350,7 +379,7 @@ class AliasPool(_Entry):
     def retire(self) -> None:
         """Close the idle connections now and the checked-out ones on return."""
         self.retired = True
-        self.pool.dispose()
+        self.pool.dispose()  # parked connections too (FairQueuePool.dispose)
         logger.info("Disposed %r", self)
 
 
@@ -363,11 +392,12 @@ class _Unpooled(_Entry):
         self, module: Any, kwargs: dict[str, Any], settings_options: dict[str, Any]
     ) -> None:
         self.module = module
+        self.args: tuple[Any, ...] = ()
         self.connect_kwargs = dict(kwargs)
         self.settings_options = dict(settings_options)
 
-    def checkout(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self.module.connect(*args, **kwargs)
+    def checkout(self, wrapper: Any) -> Any:
+        return self.module.connect(*self.args, **self.connect_kwargs)
 
     def retire(self) -> None:
         pass
@@ -391,7 +421,14 @@ class Registry:
             if args:
                 return module.connect(*args, **kwargs)
             entry = self._replace(wrapper, module, kwargs)
-        return entry.checkout(args, kwargs)
+        if (
+            isinstance(entry, AliasPool)
+            and entry.settings_seen != wrapper.settings_dict
+        ):
+            # Same connect arguments, other settings (CONN_HEALTH_CHECKS,
+            # TEST...): the fast path compares with these from now on.
+            entry.settings_seen = _settings_copy(wrapper.settings_dict)
+        return entry.checkout(wrapper)
 
     def _replace(
         self, wrapper: Any, module: Any, kwargs: dict[str, Any]
@@ -459,6 +496,8 @@ class Registry:
             return
         held: dict[int, Any] = {}
         for django_connection in connections.all(initialized_only=True):
+            if django_connection.__dict__.get("_djpool_park") is not None:
+                django_connection._djpool_park = None  # type: ignore[attr-defined]
             if isinstance(django_connection.connection, PooledConnection):
                 held[id(django_connection.connection)] = django_connection
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -470,10 +509,17 @@ class Registry:
                 wrapper = held.get(id(conn))
                 if wrapper is not None:
                     wrapper.connection = None
-                if conn._djpool_fairy is None or wrapper is not None:
-                    conn._djpool_fairy = None
+                lease = conn._djpool_lease
+                if (
+                    lease is None
+                    or lease.fairy is None
+                    or wrapper is not None
+                    or lease.state is PARKED
+                ):
+                    if lease is not None:
+                        lease.closed()
                     try:
-                        conn.close()
+                        conn._djpool_close()
                     except Exception:  # a dead socket: nothing left to free
                         pass
         finally:
@@ -503,6 +549,35 @@ def pool_options(
     return options if driver.can_pool(kwargs) else None
 
 
+#: Top-level packages whose database backends pool connections themselves ->
+#: their distribution name.  An alias on one of their engines (or on a
+#: subclass of one) is never pooled a second time by djpoolapp.
+THIRD_PARTY_POOLS = {
+    "dj_db_conn_pool": "django-db-connection-pool",
+    "django_postgrespool2": "django-postgrespool2",
+    "django_db_geventpool": "django-db-geventpool",
+}
+
+
+def stacked_pool(settings_dict: dict[str, Any]) -> str | None:
+    """The distribution whose pool the alias's ENGINE already is, or None.
+
+    Decided from the ENGINE's dotted path and, when that backend is already
+    imported, from the modules of its ``DatabaseWrapper``'s classes (a
+    project's subclass of such a backend); never imports anything.
+    """
+    engine = str(settings_dict.get("ENGINE") or "")
+    found = THIRD_PARTY_POOLS.get(engine.split(".", 1)[0])
+    if found is not None:
+        return found
+    module = sys.modules.get(f"{engine}.base")
+    for klass in getattr(getattr(module, "DatabaseWrapper", None), "__mro__", ()):
+        found = THIRD_PARTY_POOLS.get(klass.__module__.split(".", 1)[0])
+        if found is not None:
+            return found
+    return None
+
+
 def _configured_options(
     config: Config, alias: str, settings_dict: dict[str, Any]
 ) -> dict[str, Any] | None:
@@ -511,6 +586,8 @@ def _configured_options(
         return None
     if settings_dict.get("OPTIONS", {}).get("pool"):
         return None  # Django's own pool owns this alias
+    if stacked_pool(settings_dict) is not None:
+        return None  # a third-party pooling backend owns it (checks: W005)
     return config.for_alias(alias)
 
 
@@ -527,7 +604,8 @@ def pooled_backends() -> dict[str, type]:
     Decided from settings alone (no database access): opted-out aliases,
     aliases on Django's own pool, unsupported drivers and SQLite aliases not
     named in ``aliases`` are left out.  In-memory SQLite is refused later,
-    per set of connect arguments.
+    per set of connect arguments.  Aliases on a third-party pooling backend
+    (:data:`THIRD_PARTY_POOLS`) are left out too: never two pools stacked.
     """
     from django.db.utils import load_backend
 
@@ -538,12 +616,88 @@ def pooled_backends() -> dict[str, type]:
             continue  # before load_backend: an opted-out engine may not import
         wrapper_class = load_backend(settings_dict["ENGINE"]).DatabaseWrapper
         driver = driver_for(getattr(wrapper_class, "Database", None))
+        if stacked_pool(settings_dict) is not None:
+            continue  # a subclass of a third-party pooling backend
         if _driver_pooled(config, alias, driver):
             found[alias] = wrapper_class
     return found
+
+
+def refuse_persistent_connections(aliases: list[str]) -> None:
+    """Raise ``ImproperlyConfigured`` for a pooled alias whose ``CONN_MAX_AGE``
+    is not 0, as Django's own pool does: each thread would keep its pooled
+    connection after its request, so threads beyond ``pool_size +
+    max_overflow`` would time out on every request."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    found = [
+        f"DATABASES['{alias}']['CONN_MAX_AGE'] is "
+        f"{connections.settings[alias].get('CONN_MAX_AGE', 0)!r}: set it to 0 "
+        "(djpoolapp keeps the connections open between requests), or opt the "
+        f"alias out with DJPOOL_OPTIONS['aliases']['{alias}'] = False."
+        for alias in aliases
+        if connections.settings[alias].get("CONN_MAX_AGE", 0) != 0
+    ]
+    if found:
+        raise ImproperlyConfigured(
+            "djpoolapp pools connections per request; persistent connections "
+            "defeat it:\n" + "\n".join(found)
+        )
 
 
 registry = Registry()
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: registry.after_fork_in_child())
+
+
+def _chain_uwsgi_post_fork() -> None:
+    """Run the fork reset in uWSGI's workers too.
+
+    uWSGI forks its workers with ``fork(2)`` from C, so Python's
+    ``os.register_at_fork`` hooks do not run there (unless uWSGI is started
+    with ``--py-call-osafterfork``): with the app loaded in the master (its
+    default), every worker would share the master's pooled connections.
+    uWSGI calls ``uwsgi.post_fork_hook`` in each new worker instead.
+
+    With a master process the reset goes first in ``uwsgidecorators``'
+    ``@postfork`` chain (imported here if the project has not yet: importing
+    it later would replace a hook set by hand; a ``post_fork_hook`` or
+    ``spooler`` the project set before is kept).  Without a master it is
+    chained in front of any ``post_fork_hook``.  Running the reset twice is
+    harmless: the second run finds nothing to drop.
+    """
+    try:
+        import uwsgi  # only importable inside a uWSGI process
+    except ImportError:
+        return
+    reset = registry.after_fork_in_child
+    decorators: Any = sys.modules.get("uwsgidecorators")
+    if decorators is None and uwsgi.masterpid() != 0:
+        hook = getattr(uwsgi, "post_fork_hook", None)
+        spooler = getattr(uwsgi, "spooler", None)
+        try:
+            decorators = importlib.import_module("uwsgidecorators")  # sets both
+        except Exception:  # an old or trimmed uWSGI build
+            decorators = None
+        else:
+            if spooler is not None:
+                uwsgi.spooler = spooler
+            if hook is not None:
+                decorators.postfork(hook)
+    chain = getattr(decorators, "postfork_chain", None)
+    if decorators is not None and isinstance(chain, list):
+        decorators.postfork(reset)
+        chain.insert(0, chain.pop())  # before any hook that may query
+        return
+    previous = getattr(uwsgi, "post_fork_hook", None)
+
+    def post_fork_hook() -> None:
+        reset()
+        if previous is not None:
+            previous()
+
+    uwsgi.post_fork_hook = post_fork_hook
+
+
+_chain_uwsgi_post_fork()

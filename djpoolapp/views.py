@@ -9,13 +9,20 @@ next to the mean time to check one out, the saving pooling buys.
 Requirements (those of any site with a login, not ``django.contrib.admin``):
 ``django.contrib.auth``, ``SessionMiddleware`` and ``AuthenticationMiddleware``,
 and a ``DjangoTemplates`` engine with ``APP_DIRS`` (or the app directories
-loader).  Active staff users only; everyone else gets 403, never a redirect:
-the app cannot know the project's login URL without the admin, and a
-monitoring probe would rather see a plain refusal.
+loader).  Active staff users only; everyone else gets 403, never a redirect
+(a monitoring probe would rather see a plain refusal): the HTML page's 403
+links to ``settings.LOGIN_URL`` with ``?next=``, ``status.json`` answers
+its errors in JSON.
 
-The figures are those of the process that serves the request: pools are per
-process, so behind several workers each refresh may come from another one;
-the page names the process id.
+The pool figures are those of the process that serves the request: pools
+are per process, so behind several workers each refresh may come from
+another one; the page names the process id.  Next to them, the page shows
+what the database server sees of every process's pool (connections are
+tagged by :mod:`djpoolapp.tagging`), so all workers on all hosts are in view
+whichever one answers.
+
+With ``djpoolapp`` removed from ``INSTALLED_APPS`` but its URLs still
+included, both views say that nothing is pooled instead of failing.
 """
 
 from __future__ import annotations
@@ -25,14 +32,19 @@ import os
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlencode
 
-from django.core.exceptions import ImproperlyConfigured, PermissionDenied
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.apps import apps
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
+from django.shortcuts import render, resolve_url
+from django.utils.html import format_html
 from django.views.decorators.cache import never_cache
 
 from .pool import registry
-from .status import pool_status
+from .status import nothing_pooled_reason, pool_status, server_sessions
+from .tagging import host_name
 
 #: (key, heading, explanation, numeric): the table, for the template and the JS.
 COLUMNS: list[tuple[str, str, str, bool]] = [
@@ -57,14 +69,79 @@ COLUMNS: list[tuple[str, str, str, bool]] = [
         True,
     ),
     ("checkouts", "Checkouts", "Connections handed to Django since start", True),
+    ("waiting", "Waiting", "Threads waiting for a free connection now", True),
+]
+
+#: The server's view of every process: (key, heading, explanation, numeric).
+SERVER_COLUMNS: list[tuple[str, str, str, bool]] = [
+    ("host", "Host", "Host name of the process (from its connections' tag)", False),
+    ("pid", "Process", "Process id; MySQL/MariaDB: other processes by host", False),
+    ("alias", "Alias", "Database alias in that process", False),
+    ("sessions", "Sessions", "Server sessions its pool has open", True),
+    ("active", "Active", "Sessions running a statement now", True),
+    ("idle", "Idle", "Sessions idle in the pool (or between statements)", True),
+    (
+        "idle_in_transaction",
+        "Idle in transaction",
+        "Sessions holding an open transaction while doing nothing",
+        True,
+    ),
+    (
+        "oldest_transaction",
+        "Oldest transaction s",
+        "Age in seconds of the oldest open transaction",
+        True,
+    ),
 ]
 
 DEFAULT_REFRESH = 2.0
 REFRESH_RANGE = (0.5, 60.0)
 
 
+def _login_url(request: HttpRequest) -> str:
+    """``settings.LOGIN_URL`` (a URL or a URL name) with ``?next=`` this page."""
+    url = resolve_url(settings.LOGIN_URL)
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}{urlencode({'next': request.get_full_path()})}"
+
+
+def _refuse(request: HttpRequest, as_json: bool) -> HttpResponse:
+    """403: JSON for ``status.json``, else a short page with a login link."""
+    user = request.user
+    signed_in = user.is_authenticated
+    reason = (
+        "your account is not an active staff account"
+        if signed_in
+        else "you are not logged in"
+    )
+    if as_json:
+        return JsonResponse(
+            {
+                "error": f"djpoolapp's pool status is for staff users: {reason}.",
+                "login_url": _login_url(request),
+            },
+            status=403,
+        )
+    return HttpResponseForbidden(
+        format_html(
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<meta name="robots" content="noindex">'
+            "<title>403 · Database connection pools</title></head>"
+            '<body style="font: 15px/1.5 system-ui, sans-serif; margin: 2rem">'
+            "<h1>Staff only</h1><p>The pool status page is for staff users: {}.</p>"
+            '<p><a id="djpool-login" href="{}">Log in as a staff user</a></p>'
+            "</body></html>",
+            reason,
+            _login_url(request),
+        )
+    )
+
+
 def staff_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Let active staff users through; 403 for everyone else (no redirect)."""
+    """Let active staff users through; 403 for everyone else (no redirect):
+    JSON for ``status.json``, a page with a login link for the HTML view."""
+    as_json = view.__name__ == "status_json"
 
     @functools.wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -77,7 +154,7 @@ def staff_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]
                 "MIDDLEWARE to tell staff users apart."
             )
         if not (user.is_active and user.is_staff):
-            raise PermissionDenied("djpoolapp's pool status is for staff users")
+            return _refuse(request, as_json)
         return view(request, *args, **kwargs)
 
     return wrapped
@@ -102,14 +179,29 @@ def format_value(key: str, value: Any) -> str:
         return "\N{EN DASH}"
     if key.endswith("_ms"):
         return f"{value:.2f}"
+    if key == "oldest_transaction":
+        return f"{value:.1f}"
     return str(value)
 
 
+def _installed() -> bool:
+    return apps.is_installed("djpoolapp")
+
+
 def _snapshot() -> dict[str, Any]:
+    """Everything both views show: this process's pools and, per alias, the
+    server's view of every process (``servers``)."""
+    installed = _installed()
+    rows = status_rows() if installed else []
+    servers = [server_sessions(row["alias"]).as_dict() for row in rows]
     return {
+        "installed": installed,
         "pid": os.getpid(),
+        "host": host_name(),
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "aliases": status_rows(),
+        "aliases": rows,
+        "reason": "" if rows else nothing_pooled_reason(),
+        "servers": servers,
     }
 
 
@@ -125,38 +217,75 @@ def _refresh_seconds(request: HttpRequest) -> float:
     return min(max(seconds, low), high)
 
 
+def _not_installed_page(snapshot: dict[str, Any]) -> HttpResponse:
+    """The page when djpoolapp's URLs are included but the app is not
+    installed: its templates are not found then, so no template is used."""
+    return HttpResponse(
+        format_html(
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="robots" content="noindex">'
+            "<title>Database connection pools · djpoolapp</title></head>"
+            '<body style="font: 15px/1.5 system-ui, sans-serif; margin: 2rem">'
+            "<h1>Database connection pools</h1>"
+            '<p id="djpool-reason">No connection is pooled: {}.</p>'
+            "<p>Process {} on {}.</p></body></html>",
+            snapshot["reason"],
+            snapshot["pid"],
+            snapshot["host"],
+        )
+    )
+
+
 @never_cache
 @staff_only
 def status_page(request: HttpRequest) -> HttpResponse:
-    """The HTML table, rendered with current figures, then refreshed by JS."""
+    """The HTML page, rendered with current figures, then refreshed by JS."""
     snapshot = _snapshot()
+    if not snapshot["installed"]:
+        return _not_installed_page(snapshot)
     rows = [
         {
             "alias": row["alias"],
             "cells": [
-                {"key": key, "text": format_value(key, row.get(key)), "numeric": num}
-                for key, _, _, num in COLUMNS
+                {
+                    "key": key,
+                    "label": label,
+                    "text": format_value(key, row.get(key)),
+                    "numeric": num,
+                }
+                for key, label, _, num in COLUMNS
             ],
         }
         for row in snapshot["aliases"]
     ]
     refresh = _refresh_seconds(request)
     context = {
-        "columns": [
-            {"key": key, "label": label, "help": help_text, "numeric": numeric}
-            for key, label, help_text, numeric in COLUMNS
-        ],
+        "columns": _columns(COLUMNS),
+        "server_columns": _columns(SERVER_COLUMNS),
         "rows": rows,
+        "servers": snapshot["servers"],
         "pid": snapshot["pid"],
+        "host": snapshot["host"],
+        "reason": snapshot["reason"],
         "generated_at": snapshot["generated_at"],
         "refresh": f"{refresh:g}",
         "refresh_ms": int(refresh * 1000),
+        "snapshot": snapshot,
     }
     return render(request, "djpoolapp/status.html", context)
+
+
+def _columns(columns: list[tuple[str, str, str, bool]]) -> list[dict[str, Any]]:
+    return [
+        {"key": key, "label": label, "help": help_text, "numeric": numeric}
+        for key, label, help_text, numeric in columns
+    ]
 
 
 @never_cache
 @staff_only
 def status_json(request: HttpRequest) -> JsonResponse:
-    """The same figures as JSON: ``{"pid", "generated_at", "aliases": [...]}``."""
+    """The same figures as JSON: ``{"installed", "pid", "host",
+    "generated_at", "aliases": [...], "reason", "servers": [...]}``;
+    ``reason`` says why ``aliases`` is empty when it is."""
     return JsonResponse(_snapshot())

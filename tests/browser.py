@@ -142,6 +142,9 @@ class Browser:
             "POST", "/execute/sync", {"script": script, "args": list(args)}
         )
 
+    def set_window_size(self, width: int, height: int) -> None:
+        self._session_call("POST", "/window/rect", {"width": width, "height": height})
+
     def screenshot(self, path: Path) -> bytes:
         png = base64.b64decode(self._session_call("GET", "/screenshot"))
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,13 @@
 """Test settings: PostgreSQL ``default``, MariaDB ``mysql``, SQLite ``lite``.
 
-Servers come from ``DJPOOL_TEST_POSTGRES_URL`` / ``DJPOOL_TEST_MYSQL_URL``
-(dj-database-url syntax), defaulting to the local ones.  An unreachable
-server's alias is left out and its tests skip, except under ``CI=true``,
-where conftest.py turns that into a failure.
+Servers: by default the private ones this test run started
+(tests/harness.py); ``DJPOOL_TEST_POSTGRES_URL`` / ``DJPOOL_TEST_MYSQL_URL``
+(dj-database-url syntax) select external ones instead.  A missing or
+unreachable server's alias is left out and its tests skip, except under
+``CI=true``, where conftest.py turns that into a failure.
 """
 
+import json
 import os
 import socket
 import sys
@@ -47,13 +49,30 @@ INSTALLED_APPS = [
 ]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-POSTGRES_URL = os.environ.get(
-    "DJPOOL_TEST_POSTGRES_URL", "postgres://root@127.0.0.1:5432/postgres"
-)
-MYSQL_URL = os.environ.get("DJPOOL_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+
+def _private_url(name: str) -> str | None:
+    """The URL of this process's private server (tests/harness.py)."""
+    value = os.environ.get(f"DJPOOL_TEST_PRIVATE_{name.upper()}")
+    return json.loads(value)["url"] if value else None
+
+
+# An external server (the variable is set) or this run's private one; with
+# neither (binaries missing, see tests/harness.py) the alias is left out.
+EXTERNAL = {
+    "postgres": os.environ.get("DJPOOL_TEST_POSTGRES_URL") or None,
+    "mysql": os.environ.get("DJPOOL_TEST_MYSQL_URL") or None,
+}
+#: The servers this run started itself, the only ones a test may restart.
+PRIVATE = {name: not EXTERNAL[name] and bool(_private_url(name)) for name in EXTERNAL}
+#: Why a server is missing (the Debian package to install), by name.
+MISSING_SERVERS = json.loads(os.environ.get("DJPOOL_TEST_MISSING_SERVERS") or "{}")
+POSTGRES_URL = EXTERNAL["postgres"] or _private_url("postgres") or ""
+MYSQL_URL = EXTERNAL["mysql"] or _private_url("mysql") or ""
 
 
 def reachable(config: dict) -> bool:
+    if not config.get("HOST"):
+        return False
     try:
         with socket.create_connection((config["HOST"], int(config["PORT"])), 2):
             return True
@@ -64,10 +83,10 @@ def reachable(config: dict) -> bool:
 # Each test run gets its own test databases, so that concurrent runs (nox
 # sessions, developers) never drop each other's.
 RUN_ID = os.environ.get("DJPOOL_TEST_RUN_ID", str(os.getpid()))
-postgres = dj_database_url.parse(POSTGRES_URL, conn_max_age=0)
+postgres = dj_database_url.parse(POSTGRES_URL or "postgres://", conn_max_age=0)
 postgres["OPTIONS"] = {"application_name": f"djpool-tests-{RUN_ID}"}
 postgres["TEST"] = {"NAME": f"test_djpool_{RUN_ID}"}
-mysql = dj_database_url.parse(MYSQL_URL, conn_max_age=0)
+mysql = dj_database_url.parse(MYSQL_URL or "mysql://", conn_max_age=0)
 mysql["OPTIONS"] = {"charset": "utf8mb4"}
 mysql["TEST"] = {
     "NAME": f"test_djpool_{RUN_ID}",
@@ -86,3 +105,8 @@ DATABASES = {"default": postgres if SERVERS["postgres"] else dict(lite)}
 if SERVERS["mysql"]:
     DATABASES["mysql"] = mysql
 DATABASES["lite"] = lite
+
+# DJPOOL_TEST_POOL_MODE=transaction: the suite with pool_mode="transaction"
+# (tests that set DJPOOL_OPTIONS themselves use what they set).
+if os.environ.get("DJPOOL_TEST_POOL_MODE"):
+    DJPOOL_OPTIONS = {"pool_mode": os.environ["DJPOOL_TEST_POOL_MODE"]}

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
 from io import StringIO
+from pathlib import Path
 
+import dj_database_url
 import pytest
+from django.conf import settings as django_settings
 from django.core.management import CommandError, ManagementUtility, call_command
 from django.db import connections
 from django.test import override_settings
 
 import djpoolapp
 from djpoolapp import bench, patch
+from djpoolapp.pool import registry
+from djpoolapp.tagging import host_name
 from tests.conftest import ALIASES
 from tests.testapp.models import Item
 
@@ -122,7 +131,10 @@ def test_check__server_tls_and_timings(alias):
         f"pool_size 5 + max_overflow 10 = 15 per process; server max_connections {limit}"
         in out
     )
-    assert out.rstrip().endswith("OK: 1 alias(es) reachable through the pool.")
+    assert out.rstrip().endswith(
+        "OK: 1 alias(es) reachable through the pool, sized within the server's "
+        "max_connections."
+    )
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -301,3 +313,222 @@ def test_bench__unreachable_alias_is_a_command_error(unreachable):
         CommandError, match=r"djpool bench: database alias 'default' .* is unreachable"
     ):
         djpool("bench", "--requests", "3")
+
+
+# -- issue 15: what the tools say in a fresh process, when disabled, at limits -----
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fresh_process(*args: str, env: dict[str, str] | None = None) -> str:
+    """``django-admin djpool ARGS`` in a new process (tests.settings)."""
+    command = [sys.executable, "-m", "django", "djpool", *args]
+    environ = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", **(env or {})}
+    result = subprocess.run(
+        command, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.postgres
+def test_status__fresh_process_shows_settings_and_says_no_pool_yet():
+    out = fresh_process("status")
+    settings_dict = connections["default"].settings_dict
+    row = next(line.split() for line in out.splitlines() if line.startswith("default "))
+    # The database the settings name (the subprocess is not a test run: NAME).
+    name = dj_database_url.parse(django_settings.POSTGRES_URL)["NAME"]
+    assert row[2] == f"{settings_dict['USER']}@127.0.0.1:{settings_dict['PORT']}/{name}"
+    assert "no pool created yet in this process" in out
+    data = json.loads(fresh_process("status", "--json"))
+    assert data["default"]["pool_created"] is False
+    assert data["default"]["database"] == row[2]
+
+
+@pytest.mark.postgres
+def test_status__pool_created_once_connected():
+    use("default")
+    assert djpoolapp.pool_status("default")["default"].pool_created is True
+    out, _ = djpool("status", "--database", "default")
+    assert "no pool created yet" not in out
+
+
+def test_status__disabled_says_why_nothing_is_pooled():
+    out = fresh_process("status", env={"DJPOOL_DISABLE": "1"})
+    assert out.startswith(
+        "No database alias is pooled by djpoolapp: pooling is switched off: the "
+        "environment variable DJPOOL_DISABLE=1 is set in this process"
+    )
+
+
+@pytest.mark.postgres
+def test_status_all__server_view_of_every_process(server_sessions):
+    """A second process (its own pool, its own pid) holds two idle pooled
+    sessions: ``--all`` in this process shows them from the server's side."""
+    script = textwrap.dedent(
+        """
+        import sys, django
+        django.setup()
+        from django.db import connections
+        from djpoolapp import pool_status
+        wrappers = [connections.create_connection("default") for _ in range(2)]
+        for wrapper in wrappers:
+            wrapper.ensure_connection()  # two checkouts: two server sessions
+        for wrapper in wrappers:
+            wrapper.close()  # both back to the pool, idle
+        print(pool_status("default")["default"].idle, flush=True)
+        sys.stdin.read()
+        """
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout.readline().strip() == "2"
+        # The other process uses the non-test database; look at that one.
+        connections["default"].close()
+        settings_dict = connections["default"].settings_dict
+        test_name = settings_dict["NAME"]
+        settings_dict["NAME"] = dj_database_url.parse(django_settings.POSTGRES_URL)[
+            "NAME"
+        ]
+        registry.dispose("default")
+        try:
+            out, _ = djpool("status", "--all", "--database", "default")
+            data = json.loads(djpool("status", "--all", "--json")[0])
+        finally:
+            connections["default"].close()
+            registry.dispose("default")
+            settings_dict["NAME"] = test_name
+        rows = {
+            int(line.split()[1]): line.split()
+            for line in out.splitlines()
+            if line.startswith(host_name() + " ")
+        }
+        assert rows[other.pid][2:6] == [
+            "default",
+            "2",
+            "0",
+            "2",
+        ]  # sessions, active, idle
+        assert rows[os.getpid()][-2:] == ["this", "process"]
+        server = data["default"]["server"]
+        theirs = next(p for p in server["processes"] if p["pid"] == other.pid)
+        assert (theirs["sessions"], theirs["idle"], theirs["this_process"]) == (
+            2,
+            2,
+            False,
+        )
+        assert theirs["host"] == host_name()
+    finally:
+        other.communicate("", timeout=30)
+
+
+# -- check: limits, exhaustion and configuration errors are not "unreachable" --
+@pytest.mark.parametrize("alias", ALIASES)
+def test_check__capacity_above_max_connections_fails(alias):
+    vendor = connections[alias].vendor
+    limit = int(
+        server_value(
+            alias,
+            "SHOW max_connections"
+            if vendor == "postgresql"
+            else "SELECT @@max_connections",
+        )
+    )
+    options = {"aliases": {alias: {"pool_size": 100, "max_overflow": limit}}}
+    connections[alias].close()
+    with override_settings(DJPOOL_OPTIONS=options):
+        out, err = StringIO(), StringIO()
+        with pytest.raises(CommandError) as raised:
+            call_command("djpool", "check", "--database", alias, stdout=out, stderr=err)
+    total = 100 + limit
+    assert f"= {total} per process; server max_connections {limit}  EXCEEDS" in (
+        out.getvalue()
+    )
+    assert "OK" not in out.getvalue()
+    assert f"= {total} connections per process exceed the server's max_connections" in (
+        str(raised.value)
+    )
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_check__exhausted_pool_is_not_unreachable(alias):
+    options = {"aliases": {alias: {"pool_size": 1, "max_overflow": 0, "timeout": 0.2}}}
+    connections[alias].close()
+    with override_settings(DJPOOL_OPTIONS=options):
+        connections[alias].ensure_connection()  # holds the only connection
+        try:
+            with pytest.raises(CommandError) as raised:
+                djpool("check", "--database", alias)
+        finally:
+            connections[alias].close()
+    message = str(raised.value)
+    assert "the pool is exhausted" in message
+    assert "unreachable" not in message
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_check__configuration_error_is_reported_as_such(
+    alias, unreachable, monkeypatch
+):
+    """A pool option put in DATABASES OPTIONS reaches the driver, which
+    refuses it: a configuration error, not an unreachable server."""
+    unreachable(alias)  # port 1: "unreachable" if the driver even tried
+    settings_dict = connections[alias].settings_dict
+    monkeypatch.setitem(
+        settings_dict, "OPTIONS", {**settings_dict["OPTIONS"], "pool_size": 5}
+    )
+    with pytest.raises(CommandError) as raised:
+        djpool("check", "--database", alias)
+    message = str(raised.value)
+    assert f"database alias '{alias}'" in message
+    assert "has a configuration error" in message
+    assert "pool options belong in DJPOOL_OPTIONS" in message
+    assert "unreachable" not in message
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_check__connect_steps_name_tls_only_when_used(alias):
+    out, _ = djpool("check", "--database", alias)
+    line = next(x for x in out.splitlines() if "new connection" in x)
+    if server_tls(alias):
+        assert line.endswith("(driver connect: TCP, TLS, authentication)")
+    else:
+        assert line.endswith("(driver connect: TCP, authentication)")
+
+
+# -- bench: no ROOT_URLCONF needed ---------------------------------------------
+@pytest.mark.postgres
+def test_bench__works_with_settings_configure_and_no_root_urlconf():
+    conf = connections["default"].settings_dict
+    script = textwrap.dedent(
+        f"""
+        import django
+        from django.conf import settings
+        from django.core.management import call_command
+        settings.configure(
+            DATABASES={{"default": {{
+                "ENGINE": "django.db.backends.postgresql", "NAME": "postgres",
+                "USER": {conf["USER"]!r}, "PASSWORD": {conf["PASSWORD"]!r},
+                "HOST": {conf["HOST"]!r}, "PORT": {str(conf["PORT"])!r},
+            }}}},
+            INSTALLED_APPS=["djpoolapp"],
+        )
+        django.setup()
+        assert not hasattr(settings, "ROOT_URLCONF")
+        call_command("djpool", "bench", "--requests", "5")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert bench_table(result.stdout)["without pool"][3] == "5"
+    assert bench_table(result.stdout)["with pool"][3] == "1"

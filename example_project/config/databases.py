@@ -1,11 +1,13 @@
 """DATABASES from the environment, with a zero-setup fallback.
 
-- ``default`` (PostgreSQL, the ``catalog`` app): ``DATABASE_URL``; unset, an
-  embedded PostgreSQL started by the ``pgserver`` package (``pip install
-  'djpoolapp[example]'``) with its data in ``example_project/.pgserver``.
+- ``default`` (PostgreSQL, the ``catalog`` app): ``DATABASE_URL``; unset, the
+  example's own PostgreSQL server (config/embedded_postgres.py: the system's
+  ``initdb``/``pg_ctl``, data in ``example_project/.pgdata``), or, where that
+  cannot run, the SQLite file ``example_project/default.sqlite3`` -- the
+  start-up output says which, and why.
 - ``legacy`` (MySQL/MariaDB, the ``crm`` app): ``LEGACY_DATABASE_URL`` (or
   ``MYSQL_URL``); unset, the SQLite file ``example_project/legacy.sqlite3``.
-  (``EXAMPLE_DATA_DIR`` puts ``.pgserver`` and the SQLite file elsewhere.)
+  (``EXAMPLE_DATA_DIR`` puts ``.pgdata`` and the SQLite files elsewhere.)
 - ``direct``: the ``default`` database again, opted out of pooling in
   DJPOOL_OPTIONS, for session-level work (see settings.py).
 
@@ -16,21 +18,22 @@ with :func:`describe`, which never shows a password.
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
+
+from .embedded_postgres import EmbeddedPostgres, Unavailable
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 #: Where the fallback databases live (EXAMPLE_DATA_DIR moves them elsewhere).
 DATA_DIR = Path(os.environ.get("EXAMPLE_DATA_DIR") or PROJECT_DIR).resolve()
-PGDATA = DATA_DIR / ".pgserver"
+PGDATA = DATA_DIR / ".pgdata"
 EMBEDDED_NAME = "example"
 LEGACY_SQLITE = DATA_DIR / "legacy.sqlite3"
+#: ``default`` when neither DATABASE_URL nor the embedded server is available.
+DEFAULT_SQLITE = DATA_DIR / "default.sqlite3"
 
 VENDORS = {
     "postgresql": "PostgreSQL",
@@ -40,6 +43,12 @@ VENDORS = {
 }
 
 
+def _sqlite(path: Path) -> dict[str, Any]:
+    """An SQLite file in DATA_DIR (created if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _parse(f"sqlite:///{path}")
+
+
 def _parse(url: str) -> dict[str, Any]:
     # CONN_MAX_AGE=0: Django closes connections at every request end -- the
     # setting djpoolapp exists for (its pool keeps the server sessions).
@@ -47,60 +56,17 @@ def _parse(url: str) -> dict[str, Any]:
 
 
 def embedded_postgres() -> dict[str, Any]:
-    """Start (or reuse) pgserver's PostgreSQL and return a DATABASES entry.
+    """Start (or reuse) the example's own PostgreSQL server; a DATABASES entry.
 
-    pgserver listens on a Unix socket only, so it never clashes with a
-    PostgreSQL on port 5432.  Run as root, it creates a system user
-    ``pgserver`` to run the server as (PostgreSQL refuses to run as root) and
-    makes the folders above ``.pgserver`` readable to it.  The server stops
-    when the last process using it exits normally (Ctrl-C included); after a
-    ``kill`` it stays up and the next run reuses it.
+    See config/embedded_postgres.py: the system's ``initdb``/``pg_ctl``, data
+    and Unix socket in ``DATA_DIR/.pgdata``, never run as root, nothing
+    changed outside that directory.  Raises ``Unavailable`` with the reason.
     """
-    try:
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers,
-            # CI) and falls back to /tmp; that fallback is fine here.
-            warnings.simplefilter("ignore")
-            import pgserver
-    except ImportError:
-        raise ImproperlyConfigured(
-            "DATABASE_URL is not set and the embedded PostgreSQL is not "
-            "available: pip install 'djpoolapp[example]' (pgserver; wheels for "
-            "CPython 3.9-3.12) or set DATABASE_URL=postgres://USER@HOST:5432/NAME."
-        ) from None
-    _forget_dead_users()
-    server = pgserver.get_server(PGDATA, cleanup_mode="stop")
-    info = server.get_postmaster_info()
-    settings = {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": EMBEDDED_NAME,
-        "USER": "postgres",
-        "PASSWORD": "",
-        "HOST": str(info.socket_dir),
-        "PORT": str(info.port or 5432),
-        "CONN_MAX_AGE": 0,
-    }
+    server = EmbeddedPostgres(PGDATA)
+    settings = server.start()
+    settings["NAME"] = EMBEDDED_NAME
     _create_database(settings)
     return settings
-
-
-def _forget_dead_users() -> None:
-    """Drop the ids of dead processes from pgserver's list of users.
-
-    pgserver stops the server when the last process in that list exits
-    normally; a process that was killed never leaves the list, and the
-    server would then never be stopped again.
-    """
-    import psutil  # a dependency of pgserver
-
-    users = PGDATA / ".handle_pids.json"
-    try:
-        pids = json.loads(users.read_text())
-    except (OSError, ValueError):
-        return
-    alive = [pid for pid in pids if psutil.pid_exists(pid)]
-    if alive != pids:
-        users.write_text(json.dumps(alive))
 
 
 def _create_database(settings: dict[str, Any]) -> None:
@@ -108,11 +74,19 @@ def _create_database(settings: dict[str, Any]) -> None:
     try:
         import psycopg as driver
     except ImportError:
-        import psycopg2 as driver  # type: ignore[no-redef]
-    conn = driver.connect(
-        host=settings["HOST"], port=int(settings["PORT"]),
-        user=settings["USER"], dbname="postgres",
-    )  # fmt: skip
+        try:
+            import psycopg2 as driver  # type: ignore[no-redef]
+        except ImportError:
+            raise Unavailable(
+                "no PostgreSQL driver: pip install 'djpoolapp[psycopg]'"
+            ) from None
+    try:
+        conn = driver.connect(
+            host=settings["HOST"], port=int(settings["PORT"]),
+            user=settings["USER"], dbname="postgres",
+        )  # fmt: skip
+    except driver.Error as error:
+        raise Unavailable(f"cannot connect to it: {error}") from error
     try:
         conn.autocommit = True
         cursor = conn.cursor()
@@ -132,18 +106,30 @@ def configure() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         default = _parse(os.environ["DATABASE_URL"])
         sources["default"] = "DATABASE_URL"
     else:
-        default = embedded_postgres()
-        sources["default"] = (
-            f"embedded pgserver in {PGDATA}; set DATABASE_URL to use yours"
-        )
+        try:
+            default = embedded_postgres()
+            sources["default"] = (
+                f"the example's own PostgreSQL server in {PGDATA}, Unix socket "
+                "only; set DATABASE_URL to use yours"
+            )
+        except Unavailable as reason:
+            default = _sqlite(DEFAULT_SQLITE)
+            sources["default"] = (
+                f"SQLite, NOT PostgreSQL: the example's own PostgreSQL server "
+                f"cannot run: {reason}. Or set DATABASE_URL=postgres://..."
+            )
     for variable in ("LEGACY_DATABASE_URL", "MYSQL_URL"):
         if os.environ.get(variable):
             legacy = _parse(os.environ[variable])
             sources["legacy"] = variable
             break
     else:
-        legacy = _parse(f"sqlite:///{LEGACY_SQLITE}")
-        sources["legacy"] = "no LEGACY_DATABASE_URL: SQLite, set it to a mysql:// URL"
+        legacy = _sqlite(LEGACY_SQLITE)
+        sources["legacy"] = (
+            "SQLite, NOT MySQL: LEGACY_DATABASE_URL is unset; set it to "
+            "mysql://USER:PASSWORD@HOST:3306/NAME (and pip install "
+            "'djpoolapp[mysql]') to put the crm app on MySQL/MariaDB"
+        )
     if legacy["ENGINE"] == "django.db.backends.mysql":
         legacy.setdefault("OPTIONS", {})["charset"] = "utf8mb4"
         legacy["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}

@@ -21,6 +21,7 @@ from django.test import override_settings
 
 from djpoolapp.pool import registry
 from tests.conftest import run_request
+from tests.modes import pool_mode  # noqa: F401  (every fault test, both modes)
 
 from . import views
 from .servers import Admin

@@ -34,6 +34,9 @@ SLEEP_SQL = {"postgresql": "SELECT pg_sleep(%s)", "mysql": "SELECT SLEEP(%s)"}
 def main(alias: str) -> dict:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     django.setup()
+    from tests.modes import apply_environment
+
+    apply_environment()  # DJPOOL_TEST_POOL_MODE (tests/modes.py)
     from django.db import connections
     from django.test.utils import override_settings
 

@@ -2,8 +2,10 @@
 
 Everything here acts only on the sessions of *this run's* test database
 (``connections[alias].settings_dict["NAME"]``): other people run tests against
-the same servers at the same time.  Restarts cannot be scoped that way; they
-are confined to the tests marked ``restart``.
+the same servers at the same time.  Restarts, stops and kills of a whole server
+act only on the private server this test process owns (tests/harness.py:
+one per process, also per pytest-xdist worker); the tests that use them are
+marked ``restart`` and skip on external servers.
 
 Admin work goes through connections opened straight with the driver
 (unpooled, see ``tests.conftest.monitor_connection``).
@@ -11,16 +13,15 @@ Admin work goes through connections opened straight with the driver
 
 from __future__ import annotations
 
-import glob
-import os
-import subprocess
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from django.db import connections
 
+from tests import harness
 from tests.conftest import monitor_connection
+from tests.harness import Server
 
 #: How long a kill or a restart may take before the test gives up.
 KILL_TIMEOUT = 10.0
@@ -130,13 +131,20 @@ class Admin:
 
 
 # -- server restarts -----------------------------------------------------------
-def _run(command: list[str], timeout: float = RESTART_TIMEOUT) -> None:
-    subprocess.run(command, check=True, timeout=timeout, capture_output=True, text=True)
+# Only the private servers this test run started (tests/harness.py) are ever
+# stopped or started; the tests marked ``restart`` skip on external servers.
+VENDOR_SERVER = {"postgresql": "postgres", "mysql": "mysql"}
 
 
-def postgres_version() -> str:
-    versions = sorted(os.listdir("/etc/postgresql"))
-    return versions[-1]
+def private_server(vendor: str) -> Server:
+    """This process's private server of *vendor* ("postgresql" / "mysql")."""
+    server = harness.private_server(VENDOR_SERVER[vendor])
+    if server is None:
+        raise RuntimeError(
+            f"no private {vendor} server in this run (external server or none): "
+            "the suite never stops a server it did not start"
+        )
+    return server
 
 
 def server_accepts(alias: str) -> bool:
@@ -157,53 +165,24 @@ def wait_accepting(alias: str, timeout: float = RESTART_TIMEOUT) -> float:
     return time.monotonic()
 
 
-def _mariadbd_pids() -> list[int]:
-    pids = []
-    for path in glob.glob("/proc/[0-9]*/exe"):
-        try:
-            if os.readlink(path) == "/usr/sbin/mariadbd":
-                pids.append(int(path.split("/")[2]))
-        except OSError:
-            continue
-    return pids
-
-
 def stop_server(vendor: str) -> None:
-    if vendor == "postgresql":
-        # pg_ctlcluster's default stop mode is "fast": sessions are told
-        # "terminating connection due to administrator command".
-        _run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", postgres_version(),
-             "main", "stop"]
-        )  # fmt: skip
-        return
-    try:
-        _run(["mariadb-admin", "-h127.0.0.1", "-uroot", "shutdown"])
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        for pid in _mariadbd_pids():
-            os.kill(pid, 15)
-    deadline = time.monotonic() + RESTART_TIMEOUT
-    while _mariadbd_pids():
-        if time.monotonic() > deadline:
-            raise AssertionError("mariadbd did not stop")
-        time.sleep(0.05)
+    """Stop this run's server: PostgreSQL's "fast" shutdown (sessions are told
+    "terminating connection due to administrator command"), MariaDB's normal
+    shutdown; killed if it takes longer than ``RESTART_TIMEOUT``."""
+    private_server(vendor).stop(timeout=RESTART_TIMEOUT)
 
 
 def start_server(vendor: str) -> None:
-    if vendor == "postgresql":
-        os.makedirs("/run/postgresql", exist_ok=True)
-        subprocess.run(["chown", "postgres:postgres", "/run/postgresql"], check=False)
-        _run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", postgres_version(),
-             "main", "start"]
-        )  # fmt: skip
-        return
-    os.makedirs("/run/mysqld", exist_ok=True)
-    subprocess.run(["chown", "mysql:mysql", "/run/mysqld"], check=False)
-    _run(
-        ["start-stop-daemon", "--start", "--oknodo", "--background",
-         "--exec", "/usr/sbin/mariadbd"]
-    )  # fmt: skip
+    """Start this run's server again (same port, data and socket directory);
+    nothing to do if it runs."""
+    server = private_server(vendor)
+    if server.pid() is None:
+        server.start()
+
+
+def kill_server(vendor: str) -> None:
+    """SIGKILL this run's server (a crash, no shutdown protocol)."""
+    private_server(vendor).kill()
 
 
 def restart_server(alias: str) -> None:
@@ -223,12 +202,16 @@ def park_idle(alias: str, count: int) -> list[int]:
     return their server session ids."""
     wrappers = [connections.create_connection(alias) for _ in range(count)]
     sessions = []
+    cursors = []  # open until all are checked out (pool_mode="transaction")
     try:
         for wrapper in wrappers:
-            with wrapper.cursor() as cursor:
-                cursor.execute(SESSION_ID_SQL[wrapper.vendor])
-                sessions.append(int(cursor.fetchone()[0]))
+            cursor = wrapper.cursor()
+            cursors.append(cursor)
+            cursor.execute(SESSION_ID_SQL[wrapper.vendor])
+            sessions.append(int(cursor.fetchone()[0]))
     finally:
+        for cursor in cursors:
+            cursor.close()
         for wrapper in wrappers:
             wrapper.close()
     return sessions

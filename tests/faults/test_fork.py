@@ -228,9 +228,18 @@ def check_fork(alias: str, start: str, admin: Any, in_transaction: Any) -> None:
     in_transaction.rollback()
     in_transaction.set_autocommit(True)
     in_transaction.close()
-    connections[alias].close()
     invalidated = djpoolapp.pool_status(alias)[alias].invalidated
-    assert sorted(park_idle(alias, 4)) == parent_sessions
+    connections[alias].close()
+    parked = park_idle(alias, 4)
+    if admin.vendor == "mysql":
+        # The session that made a temporary table is closed at checkin, not
+        # reused (docs/behaviour_sql.rst); the other three are.
+        assert sorted(set(parked) & set(parent_sessions)) == sorted(
+            set(parent_sessions) - {held}
+        )
+        invalidated += 1
+    else:
+        assert sorted(parked) == parent_sessions
     assert djpoolapp.pool_status(alias)[alias].invalidated == invalidated
 
 

@@ -55,24 +55,31 @@ def test_gevent__greenlets_share_the_pool(alias, server_sessions):
     }
     peak = 0
     done = threading.Event()
+    # Its own process group: only the worker's sessions are counted, never
+    # those of a process an earlier test left behind.
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.gevent_worker", alias],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
 
     def watch() -> None:
         nonlocal peak
         while not done.wait(0.02):
-            peak = max(peak, server_sessions(alias))
+            peak = max(peak, server_sessions(alias, group=worker.pid))
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "tests.faults.gevent_worker", alias],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
-        )  # fmt: skip
+        stdout, stderr = worker.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        stdout, stderr = worker.communicate()
     finally:
         done.set()
         watcher.join(5)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert worker.returncode == 0, stderr[-3000:]
+    report = json.loads(stdout.strip().splitlines()[-1])
     print(f"\n{alias} ({settings.DRIVER}): {report}, peak {peak} server sessions")
     assert report["threading_patched"]
     assert report["error_count"] == 0, report["errors"]

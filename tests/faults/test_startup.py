@@ -25,8 +25,14 @@ from django.test import override_settings
 
 from djpoolapp import patch
 from tests.conftest import ALIASES
+from tests.modes import only
 
-pytestmark = pytest.mark.faults
+pytestmark = [
+    pytest.mark.faults,
+    # Option validation and start-up with the server unreachable: ready()
+    # creates no pool and opens no connection, whatever the pool_mode.
+    only("request", why="start-up: no pool exists yet in either mode"),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,6 +16,11 @@ BOTH_DATABASES = [
     pytest.mark.mysql,
     pytest.mark.django_db(transaction=True, databases="__all__"),
 ]
+#: Marks of the ``*_cases.py`` modules run behind a server-side pooler.
+POOLER_CASES = [
+    pytest.mark.postgres,
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+]
 
 POOL_SIZE = 2
 MAX_OVERFLOW = 2

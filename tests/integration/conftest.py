@@ -37,7 +37,7 @@ from django.conf import settings
 from django.db import connections
 
 from djpoolapp.pool import registry
-from tests.conftest import IN_CI, monitor_connection
+from tests.conftest import IN_CI, count_sessions, monitor_connection
 from tests.testapp.models import Item
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,12 +234,6 @@ def run_wrk(
     )
 
 
-SESSION_COUNT_SQL = {
-    "postgresql": "SELECT count(*) FROM pg_stat_activity "
-    "WHERE datname = %s AND pid <> pg_backend_pid()",
-    "mysql": "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-    "WHERE DB = %s AND ID <> CONNECTION_ID()",
-}
 SESSION_IDS_SQL = {
     "postgresql": "SELECT pid FROM pg_stat_activity "
     "WHERE datname = %s AND pid <> pg_backend_pid()",
@@ -265,8 +259,10 @@ class Monitor:
         finally:
             cursor.close()
 
-    def count(self) -> int:
-        return self._column(SESSION_COUNT_SQL[self.vendor])[0]
+    def count(self, group: int | None = None) -> int:
+        """Sessions on the alias's database; with *group*, only those of that
+        process group's processes (``count_sessions``)."""
+        return count_sessions(self.conn, self.vendor, self.database, group)
 
     def session_ids(self) -> set[int]:
         return set(self._column(SESSION_IDS_SQL[self.vendor]))
@@ -284,9 +280,12 @@ class Monitor:
 
 @dataclass
 class SessionSampler:
-    """Peak server sessions per alias, sampled in a thread while a block runs."""
+    """Peak server sessions per alias, sampled in a thread while a block runs;
+    with *group* (a server's process group: ``Server.process.pid``), only the
+    sessions of that server's processes."""
 
     aliases: Sequence[str]
+    group: int | None = None
     interval: float = 0.02
     peak: dict[str, int] = field(default_factory=dict)
     samples: int = 0
@@ -301,7 +300,7 @@ class SessionSampler:
             try:
                 while not stop.wait(self.interval):
                     for monitor in monitors:
-                        count = monitor.count()
+                        count = monitor.count(self.group)
                         self.peak[monitor.alias] = max(
                             self.peak.get(monitor.alias, 0), count
                         )

@@ -10,25 +10,23 @@ PgBouncer's server connections, not Django's: what djpoolapp pools are the
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from pathlib import Path
 from typing import Any
 
-import pytest
 from django.db import connections
 
-from djpoolapp.pool import registry
 from tests.conftest import driver_module
+from tests.integration import POOLER_CASES
+from tests.integration.servers import (
+    fresh_pools,
+    pooler_port_and_log,
+    session_requests,
+)
 
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.django_db(transaction=True, databases="__all__"),
-]
+pytestmark = POOLER_CASES
 
-PGBOUNCER_PORT = int(os.environ.get("DJPOOL_IT_PGBOUNCER_PORT", "0"))
-LOG = Path(os.environ.get("DJPOOL_IT_PGBOUNCER_LOG", "/nonexistent"))
+PGBOUNCER_PORT, LOG = pooler_port_and_log("pgbouncer")
 
 
 def test_default_alias__goes_through_pgbouncer():
@@ -80,21 +78,15 @@ def wait_for_clients(expected: int, timeout: float = 5.0) -> int:
 
 
 def test_pgbouncer__pooled_requests_log_in_once(request_cycle):
-    for connection in connections.all(initialized_only=True):
-        connection.close()
-    registry.dispose()
+    fresh_pools()
     before = logins()
-    for _ in range(50):
-        status, body = request_cycle("/session/default/")
-        assert status == 200, body
+    session_requests(request_cycle, 50)
     assert logins() - before <= 1
     assert wait_for_clients(1) == 1  # kept open, idle in djpoolapp's pool
 
 
 def test_pgbouncer__stock_django_logs_in_once_per_request(request_cycle, unpatched):
     before = logins()
-    for _ in range(20):
-        status, body = request_cycle("/session/default/")
-        assert status == 200, body
+    session_requests(request_cycle, 20)
     assert logins() - before == 20
     assert wait_for_clients(0) == 0

@@ -14,21 +14,15 @@ import sys
 import pytest
 
 from tests.integration import BOTH_DATABASES, MAX_OVERFLOW, POOL_SIZE
-from tests.integration.conftest import (
-    SessionSampler,
-    get,
-    http_ready,
-    record,
-    require_module,
-    require_tool,
-    run_wrk,
-    serve,
-    server_env,
+from tests.integration.conftest import get, require_module, require_tool
+from tests.integration.servers import (
+    assert_served,
+    mode_env,
+    record_served,
+    serve_under_load,
 )
 
 pytestmark = BOTH_DATABASES
-
-VIEWS = {"default": "postgres", "mysql": "mariadb"}
 
 
 def uvicorn(port: int) -> list[str]:
@@ -45,28 +39,18 @@ def uvicorn(port: int) -> list[str]:
 def test_uvicorn__async_views_under_load_within_pool_bounds(
     mode, seeded, tmp_path, port
 ):
-    base = f"http://127.0.0.1:{port}"
-    env = server_env(**({"DJPOOL_DISABLE": "1"} if mode == "stock" else {}))
-    sampler = SessionSampler(seeded)
-    with serve(
-        uvicorn(port), tmp_path / "uvicorn.log", env=env,
-        ready=http_ready(f"{base}/ping/"),
-    ) as server:  # fmt: skip
-        status, body = get(f"{base}/async/orm/default/")
-        assert status == 200, body
-        answer = json.loads(body)
-        assert (answer["count"], answer["first"]) == (20, "item-0"), answer
-        loads = {}
-        with sampler.running():
-            for alias in seeded:
-                loads[alias] = run_wrk(f"{base}/async/orm/{alias}/")
-        alarms = server.alarms()
-        log = server.log
-    for alias, load in loads.items():
-        record("uvicorn", "asgi", VIEWS[alias], mode, load, sampler.peak[alias])
-        assert load.requests > 0, load.output
-        assert load.failed == 0, load.output
-    assert alarms == [], log
-    if mode == "djpoolapp":
-        for alias in seeded:
-            assert 1 <= sampler.peak[alias] <= POOL_SIZE + MAX_OVERFLOW, sampler.peak
+    served = serve_under_load(
+        uvicorn(port), port, tmp_path / "uvicorn.log", mode_env(mode), seeded,
+        path="async/orm", before=_first_item_is_served,
+    )  # fmt: skip
+    record_served("uvicorn", "asgi", mode, served)
+    pooled = mode == "djpoolapp"
+    assert_served(served, seeded, POOL_SIZE + MAX_OVERFLOW if pooled else None)
+
+
+def _first_item_is_served(base: str) -> None:
+    """The async ORM view answers with the seeded rows, before the load."""
+    status, body = get(f"{base}/async/orm/default/")
+    assert status == 200, body
+    answer = json.loads(body)
+    assert (answer["count"], answer["first"]) == (20, "item-0"), answer

@@ -25,20 +25,14 @@ Left out, with reasons:
 
 from __future__ import annotations
 
-import os
-import re
-import socket
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
-from tests.conftest import monitor_connection
-from tests.integration.conftest import ROOT, free_port, require_tool, serve
+from tests.integration.conftest import require_tool
+from tests.integration.servers import pooler, run_core_tests_through
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.postgres]
 
@@ -65,26 +59,13 @@ DESELECTED = [
 ]
 
 
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), 1):
-            return True
-    except OSError:
-        return False
-
-
-def _run_as() -> str | None:
-    return "postgres" if os.geteuid() == 0 else None
-
-
 @pytest.fixture
 def pgbouncer(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A PgBouncer in transaction mode on a free port: (port, log file)."""
     binary = require_tool("pgbouncer")
     upstream = settings.DATABASES["default"]
-    directory = Path(tempfile.mkdtemp(prefix="djpool-pgbouncer-"))
-    port = free_port()
-    try:
+
+    def configure(directory: Path, port: int) -> list[str]:
         (directory / "userlist.txt").write_text('"root" ""\n')
         config = directory / "pgbouncer.ini"
         config.write_text(
@@ -93,71 +74,16 @@ def pgbouncer(tmp_path: Path) -> Iterator[tuple[int, Path]]:
                 directory=directory,
             )
         )  # fmt: skip
-        if _run_as():
-            subprocess.run(["chown", "-R", "postgres", str(directory)], check=True)
-        with serve(
-            [binary, str(config)], tmp_path / "pgbouncer.log",
-            ready=lambda: _accepts(port), user=_run_as(),
-        ):  # fmt: skip
-            yield port, tmp_path / "pgbouncer.log"
-    finally:
-        subprocess.run(["rm", "-rf", str(directory)], check=False)
+        return [binary, str(config)]
 
-
-def _drop_test_databases(name: str) -> None:
-    for alias in ("default", "mysql"):
-        if alias not in settings.DATABASES:
-            continue
-        conn = monitor_connection(alias)
-        try:
-            cursor = conn.cursor()
-            if settings.DATABASES[alias]["ENGINE"].endswith("postgresql"):
-                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            else:
-                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-            cursor.close()
-        finally:
-            conn.close()
+    with pooler("pgbouncer", tmp_path, configure) as port_and_log:
+        yield port_and_log
 
 
 def test_pgbouncer__core_orm_tests_pass_in_transaction_mode(pgbouncer, tmp_path):
     port, log = pgbouncer
-    run_id = f"{settings.RUN_ID}_pgbouncer"
-    env = dict(os.environ)
-    env.update(
-        DJPOOL_TEST_POSTGRES_URL=f"postgres://root@127.0.0.1:{port}/postgres",
-        DJPOOL_TEST_RUN_ID=run_id,
-        DJPOOL_TEST_DRIVER=settings.DRIVER,
-        DJPOOL_IT_PGBOUNCER_PORT=str(port),
-        DJPOOL_IT_PGBOUNCER_LOG=str(log),
-    )
-    env.pop("DJPOOL_DISABLE", None)
-    cmd = [
-        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-        "--ds", "tests.integration.pgbouncer_settings", "--reuse-db",
-        "-m", "postgres",
-        *(f"--deselect={node}" for node in DESELECTED),
-        "tests/test_orm.py", "tests/test_pooling.py",
-        "tests/integration/pgbouncer_cases.py",
-    ]  # fmt: skip
-    try:
-        process = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        try:
-            output, _ = process.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-            pytest.fail(f"the run through PgBouncer timed out:\n{output}")
-    finally:
-        _drop_test_databases(f"test_djpool_{run_id}")
-        lite = ROOT / "tests" / "tmp" / f"test_lite_{process.pid}.sqlite3"
-        lite.unlink(missing_ok=True)
-    summary = output.strip().splitlines()[-1] if output.strip() else ""
-    print(f"\nthrough PgBouncer (transaction mode): {summary}")
-    assert process.returncode == 0, output
-    passed = re.search(r"(\d+) passed", summary)
-    assert passed and int(passed.group(1)) >= 12, output
-    assert " skipped" not in summary and "deselected" in summary, output
+    run_core_tests_through(
+        "pgbouncer", "PgBouncer (transaction mode)", port, log,
+        settings_module="tests.integration.pgbouncer_settings",
+        deselected=DESELECTED, min_passed=12,
+    )  # fmt: skip

@@ -56,10 +56,12 @@ def session(request: HttpRequest, alias: str) -> JsonResponse:
 
 
 def sleep(request: HttpRequest, alias: str) -> JsonResponse:
-    """Hold a connection in a server-side sleep (shows who waits for whom)."""
+    """Hold a connection in a server-side sleep (shows who waits for whom);
+    ``?seconds=`` overrides the 0.2 s."""
     connection = connections[alias]
     with connection.cursor() as cursor:
-        cursor.execute(SLEEP_SQL[connection.vendor], [0.2])
+        seconds = float(request.GET.get("seconds", 0.2))
+        cursor.execute(SLEEP_SQL[connection.vendor], [seconds])
         cursor.fetchone()
     return JsonResponse({"pid": os.getpid()})
 

@@ -41,3 +41,18 @@ def fail_in_transaction(request, alias):
         with connections[alias].cursor() as cursor:
             cursor.execute("SELECT * FROM table_that_does_not_exist")
     return HttpResponse("unreachable")
+
+
+def crash_after_update(request, alias):
+    """Transparency item 1: half-done work, then a crash before commit()."""
+    transaction.set_autocommit(False, using=alias)
+    Item.objects.using(alias).filter(name="alice").update(value=50)
+    raise RuntimeError("crashed before commit()")
+
+
+def lock_rows(request, alias):
+    """Transparency item 4: leaves SELECT ... FOR UPDATE locks in an open
+    transaction at the end of the request."""
+    transaction.set_autocommit(False, using=alias)
+    list(Item.objects.using(alias).select_for_update().filter(name="locked"))
+    return HttpResponse("locked")

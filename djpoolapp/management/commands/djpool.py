@@ -16,7 +16,12 @@ from django.db import connections
 
 from djpoolapp.bench import BenchError, BenchResult, CheckReport, check_alias, run_bench
 from djpoolapp.pool import pooled_backends
-from djpoolapp.status import pool_status
+from djpoolapp.status import (
+    ServerView,
+    nothing_pooled_reason,
+    pool_status,
+    server_sessions,
+)
 
 STATUS_COLUMNS = (
     ("alias", "alias"),
@@ -50,6 +55,12 @@ class Command(BaseCommand):
         )
         status.add_argument("--database", help="Only this alias.")
         status.add_argument("--json", action="store_true", help="Print JSON.")
+        status.add_argument(
+            "--all", action="store_true", dest="all_processes",
+            help="Also show what the database server sees of every process's "
+            "pool (sessions per process, idle/active/idle in transaction, "
+            "oldest transaction).",
+        )  # fmt: skip
         check = actions.add_parser(
             "check",
             help="Connect through each pooled alias: server version, TLS, "
@@ -86,7 +97,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
         if action == "status":
-            self.status(options["database"], options["json"])
+            self.status(options["database"], options["json"], options["all_processes"])
         elif action == "check":
             self.check_pools(options["database"])
         else:
@@ -96,38 +107,109 @@ class Command(BaseCommand):
             )  # fmt: skip
 
     # -- status ----------------------------------------------------------------
-    def status(self, alias: str | None, as_json: bool) -> None:
+    def status(self, alias: str | None, as_json: bool, all_processes: bool) -> None:
         try:
             statuses = pool_status(alias)
         except ValueError as error:
             raise CommandError(str(error)) from None
+        views = (
+            {name: server_sessions(name) for name in statuses} if all_processes else {}
+        )
         if as_json:
-            data = {name: status.as_dict() for name, status in statuses.items()}
+            data: dict[str, Any] = {
+                name: status.as_dict() for name, status in statuses.items()
+            }
+            for name, view in views.items():
+                data[name]["server"] = view.as_dict()
             self.stdout.write(json.dumps(data, indent=2))
             return
         if not statuses:
-            self.stdout.write("No database alias is pooled by djpoolapp.")
+            self.stdout.write(
+                f"No database alias is pooled by djpoolapp: {nothing_pooled_reason()}."
+            )
             return
-        rows = [[title for _, title in STATUS_COLUMNS]]
-        for status in statuses.values():
-            values = status.as_dict()
-            rows.append(
+        self._table(
+            [[title for _, title in STATUS_COLUMNS]]
+            + [
                 [
                     str(values[key] if values[key] != "" else "-")
                     for key, _ in STATUS_COLUMNS
                 ]
+                for values in (status.as_dict() for status in statuses.values())
+            ],
+            left=3,
+        )
+        fresh = [name for name, status in statuses.items() if not status.pool_created]
+        if fresh:
+            self.stdout.write(
+                f"{', '.join(fresh)}: no pool created yet in this process (pools "
+                "open at the first connection; database and sizes are the "
+                "settings')."
             )
+        self.stdout.write(
+            "(This process's pools. A running site's pools live in its server "
+            "processes: 'djpool status --all' shows what the database server "
+            "sees of all of them.)"
+        )
+        for view in views.values():
+            self._print_server_view(view)
+
+    def _table(self, rows: list[list[str]], left: int) -> None:
+        """Print *rows* in aligned columns, the first *left* ones left-aligned."""
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             cells = [
-                cell.ljust(width) if i < 3 else cell.rjust(width)
+                cell.ljust(width) if i < left else cell.rjust(width)
                 for i, (cell, width) in enumerate(zip(row, widths, strict=True))
             ]
             self.stdout.write("  ".join(cells).rstrip())
+
+    def _print_server_view(self, view: ServerView) -> None:
+        self.stdout.write("")
         self.stdout.write(
-            "(This process's pools. A running site's pools live in its server "
-            "processes: read pool_status() or the Prometheus metrics there.)"
+            self.style.MIGRATE_HEADING(
+                f"{view.alias}: sessions the {view.vendor} server has open on this "
+                "database, per process"
+            )
         )
+        if view.error:
+            self.stdout.write(f"  {view.error}")
+            return
+        rows = [
+            [
+                "host", "pid", "alias", "sessions", "active", "idle",
+                "idle_in_tx", "unknown", "oldest_tx_s", "",
+            ]
+        ]  # fmt: skip
+        for row in view.processes:
+            rows.append(
+                [
+                    row.host or "-",
+                    "?" if row.pid is None else str(row.pid),
+                    row.alias or "?",
+                    str(row.sessions),
+                    str(row.active),
+                    str(row.idle),
+                    str(row.idle_in_transaction),
+                    str(row.unknown),
+                    "-"
+                    if row.oldest_transaction is None
+                    else f"{row.oldest_transaction:.1f}",
+                    "this process" if row.this_process else "",
+                ]
+            )
+        self._table(rows, left=3)
+        if not view.processes:
+            self.stdout.write("  (no session of a djpoolapp pool)")
+        self.stdout.write(
+            f"  other sessions on this database (not opened by djpoolapp): "
+            f"{view.other_sessions}"
+        )
+        if view.vendor == "mysql":
+            self.stdout.write(
+                "  (MySQL/MariaDB: sessions of other processes are grouped by client "
+                "host; mysqlclient cannot tag them with their pid.)"
+            )
 
     # -- check -----------------------------------------------------------------
     def check_pools(self, alias: str | None) -> None:
@@ -135,7 +217,9 @@ class Command(BaseCommand):
             raise CommandError(f"database alias '{alias}' is not in DATABASES")
         aliases = [alias] if alias else list(pooled_backends())
         if not aliases:
-            raise CommandError("no database alias is pooled by djpoolapp")
+            raise CommandError(
+                f"no database alias is pooled by djpoolapp: {nothing_pooled_reason()}"
+            )
         failures = []
         for name in aliases:
             try:
@@ -145,11 +229,21 @@ class Command(BaseCommand):
                 self.stderr.write(f"{name}: FAILED: {error}")
                 continue
             self._print_report(report)
+            if report.over_capacity:
+                problem = (
+                    f"database alias '{name}': pool_size {report.pool_size} + "
+                    f"max_overflow {report.max_overflow} = {report.capacity} "
+                    "connections per process exceed the server's max_connections "
+                    f"{report.max_connections}; lower them in DJPOOL_OPTIONS"
+                )
+                failures.append(problem)
+                self.stderr.write(f"{name}: FAILED: {problem}")
         if failures:
             raise CommandError("djpool check failed: " + "; ".join(failures))
         self.stdout.write(
             self.style.SUCCESS(
-                f"OK: {len(aliases)} alias(es) reachable through the pool."
+                f"OK: {len(aliases)} alias(es) reachable through the pool, "
+                "sized within the server's max_connections."
             )
         )
 
@@ -164,7 +258,7 @@ class Command(BaseCommand):
             ("server", report.server),
             ("TLS", report.tls),
             ("new connection", f"{report.connect_ms:8.3f} ms  (driver connect: "
-             "TCP, TLS, authentication)"),
+             f"{report.connect_steps})"),
             ("checkout", f"{report.checkout_ms:8.3f} ms  (Django gets a pooled "
              "connection)"),
             ("checkin", f"{report.checkin_ms:8.3f} ms  (Django closes it: reset, "
@@ -172,7 +266,8 @@ class Command(BaseCommand):
             ("round trip", f"{report.round_trip_ms:8.3f} ms  (SELECT 1 on the "
              "pooled connection)"),
             ("capacity", f"pool_size {report.pool_size} + max_overflow "
-             f"{report.max_overflow} = {capacity} per process{limit}"),
+             f"{report.max_overflow} = {capacity} per process{limit}"
+             f"{'  EXCEEDS max_connections' if report.over_capacity else ''}"),
         ]  # fmt: skip
         self.stdout.write(
             self.style.MIGRATE_HEADING(

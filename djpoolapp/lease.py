@@ -1,0 +1,577 @@
+"""The lease: one pooled driver connection's time with one Django connection.
+
+Invariant, "stock Django, only faster": whatever Django or user code does
+during a lease, the next lease of that server session starts as a fresh
+connection would (no transaction, no cursor, no session state Django did not
+set itself).  Everything the pool does at checkout and checkin goes through
+the connection's :class:`Lease`; :class:`~djpoolapp.pool.AliasPool` only
+finds the lease and SQLAlchemy only keeps the queue.
+
+States (``Lease.state``)::
+
+    IDLE --checkout()--> IN_USE --checkin()------------------> IDLE
+                           |  (Django's close of this checkout:
+                           |   rollback, close cursors, reset session)
+                           +--recover()--> IDLE    (owner gone: wrapper
+                           |                        garbage, thread ended)
+                           +--close_raw()--> CLOSED (user code closed the
+                                                     raw driver connection)
+    any --closed()--> CLOSED  (the pool closed it: invalidate, recycle,
+                               dispose, fork)
+
+Parking, the fast path (issue 12)::
+
+    IN_USE --checkin(park)--> PARKED --claim()--> IN_USE   (same wrapper,
+                                 |                         next request)
+                                 +--stolen()--> IN_USE     (another thread,
+                                 |                         pool otherwise empty)
+                                 +--release_parked()--> IDLE (wrapper or
+                                 |                         thread gone, claim
+                                 |                         refused)
+                                 +--close_parked()--> CLOSED (dispose, fork)
+
+A checkin that Django's ``close()`` of a request makes may *park* the
+connection with its Django wrapper instead of returning it to SQLAlchemy's
+queue: everything a checkin does (cursors closed, transaction ended, no
+session change left, no reason to discard it) has been done, but the
+connection stays checked out of SQLAlchemy, thread-affine.  The wrapper's
+next ``ensure_connection()`` takes it back (:meth:`claim`) without Django's
+connect bookkeeping and without SQLAlchemy's checkout; any other checkout
+takes a parked connection when nothing is idle (``FairQueue._steal``,
+:meth:`stolen`), and its old wrapper then connects the usual way.  Only a
+connection whose checkin needed no session reset parks (a reset undoes
+Django's own set-up, which the fast path skips).  Every transition to and
+from ``PARKED`` happens under the queue's mutex (``FairQueue.park``,
+``unpark``, ``drain_parked``, ``_steal``): a parked connection is never used
+by two threads at once.  ``pool_mode="transaction"`` never parks.
+
+Who calls what:
+
+- ``AliasPool._create`` makes one lease per driver connection
+  (``conn._djpool_lease``), which lives as long as the connection.
+- SQLAlchemy's pre-ping hook calls :meth:`Lease.check_on_checkout`;
+  ``AliasPool.checkout`` then calls :meth:`Lease.checkout` with the fairy and
+  the Django wrapper that asked.
+- ``PooledConnection.close()`` calls :meth:`Lease.checkin` when Django's own
+  ``_close()`` of the current holder runs it, :meth:`Lease.close_raw`
+  otherwise.
+- ``patch.py`` reports what Django does: :meth:`track_cursor`,
+  :meth:`mark_discard` (errors, health checks), and the setting-up window
+  (:attr:`in_setup`); the watched cursors of ``drivers.py`` report statements
+  through :meth:`note_statement`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import exc as sa_exc
+
+from .deadline import RoundTripTimeout, bounded
+from .exceptions import SessionChanged
+from .signals import connection_checked_in
+
+if TYPE_CHECKING:
+    from .pool import AliasPool
+
+logger = logging.getLogger("djpoolapp")
+
+IDLE = "idle"
+IN_USE = "in use"
+CLOSED = "closed"
+#: Kept by its Django wrapper between requests (idle, thread-affine).
+PARKED = "parked"
+
+
+class Recycle(sa_exc.DisconnectionError):
+    """Raised at checkout for a connection older than ``recycle``."""
+
+
+class Retired(sa_exc.DisconnectionError):
+    """Reason given when a connection of a retired pool is closed on return."""
+
+
+class RawClose(sa_exc.DisconnectionError):
+    """User code closed the raw driver connection: the session is gone."""
+
+
+class _Owner:
+    """One per thread (greenlet under gevent): its death ends its leases."""
+
+    __slots__ = ("__weakref__",)
+
+
+_owners = threading.local()
+_RESET = object()
+#: Lease.snapshot before Django first set the connection up.
+UNSET: Any = object()
+_CURSORS = object()
+
+
+def _current_owner() -> _Owner:
+    try:
+        return _owners.token  # type: ignore[no-any-return]
+    except AttributeError:
+        token = _owners.token = _Owner()
+        return token
+
+
+class Lease:
+    """A pooled driver connection and everything its checkouts carry."""
+
+    __slots__ = (
+        "pool",
+        "driver",
+        "conn",
+        "state",
+        "fairy",
+        "created_at",
+        "returned_at",
+        "clean",
+        "holder",
+        "owner",
+        "cursors",
+        "changed",
+        "named_cursors",
+        "discard",
+        "snapshot",
+        "in_setup",
+        "fresh",
+        "park_wanted",
+        "serial",
+        "orphans",
+        "__weakref__",
+    )
+
+    def __init__(self, pool: AliasPool, conn: Any) -> None:
+        self.pool = pool
+        self.driver = pool.driver
+        self.conn = conn
+        self.state = IDLE
+        self.fairy: Any = None
+        self.created_at = self.returned_at = time.monotonic()
+        #: No transaction left open since the last checkin.
+        self.clean = False
+        #: Weak references to the Django wrapper holding it and to the
+        #: holding thread's owner token (see ``_owner_gone``).
+        self.holder: weakref.ref[Any] | None = None
+        self.owner: weakref.ref[_Owner] | None = None
+        #: Cursors Django created in this checkout (weak references).
+        self.cursors: list[weakref.ref[Any]] | None = None
+        #: Labels of statements of this lease that may have changed session
+        #: state (``sql.classify``); empty: nothing seen.
+        self.changed: set[str] = set()
+        #: A server-side (named) cursor was created in this lease.
+        self.named_cursors = False
+        #: Why the connection must not be reused, if Django said so.
+        self.discard: str | None = None
+        #: Driver-side session attributes after Django's first set-up of the
+        #: connection (Driver.snapshot), taken by patch.py; UNSET before.
+        self.snapshot: Any = UNSET
+        #: True while Django's own session set-up runs (its SETs are not
+        #: changes: Django applies them to every new connection).
+        self.in_setup = False
+        #: True from checkout until Django's set-up ran for it.
+        self.fresh = False
+        #: Set by Django's close of this checkout (patch.py) when the
+        #: wrapper may keep the connection parked; read by the checkin.
+        self.park_wanted = False
+        #: Number of this checkout, bumped by every checkin: a cursor records
+        #: the number it was created under (:meth:`track_cursor`), so a
+        #: cursor of an ended checkout is known.
+        self.serial = 0
+        #: Names of server-side cursors of this checkout closed on the client
+        #: only (:meth:`orphan`), for the holder to close; None: none.
+        self.orphans: list[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.state} of {self.pool!r}>"
+
+    # -- checkout ----------------------------------------------------------
+    def check_on_checkout(self, now: float) -> None:
+        """Pre-ping decision (run by SQLAlchemy's pre-ping hook for reused
+        connections): recycle old ones, end a transaction known open, ping
+        after idle or when the server spoke.  Raises ``DisconnectionError``
+        to have SQLAlchemy replace the connection."""
+        pool, conn, driver = self.pool, self.conn, self.driver
+        if pool._recycle > 0 and now - self.created_at > pool._recycle:
+            raise Recycle(f"older than recycle={pool.options['recycle']} s")
+        if driver.session_changes(conn):
+            # A changed session never reaches a new checkout, however it got
+            # back into the pool.
+            raise sa_exc.DisconnectionError(
+                str(SessionChanged(driver.session_changes(conn)))
+            )
+        try:
+            if not pool._pre_ping and driver.is_broken(conn):
+                # (With pre_ping, a raw close while idle shows as a socket
+                # that cannot be polled: the ping below runs and fails.)
+                raise sa_exc.DisconnectionError("closed while idle")
+            # Checked even after a clean checkin (client-side state, no round
+            # trip): a raw handle kept from an earlier request may have opened
+            # a transaction while the connection was idle or parked, and the
+            # next request's autocommit writes would run inside it.
+            if driver.in_transaction(conn):
+                driver.end_transaction(conn)
+            self.clean = False
+            if pool._pre_ping and (
+                now - self.returned_at >= pool._ping_after_idle
+                or driver.has_pending_input(conn)
+            ):
+                driver.ping(conn)
+        except sa_exc.DisconnectionError:
+            raise
+        except Exception as error:
+            raise sa_exc.DisconnectionError(f"ping failed: {error}") from error
+
+    def checkout(self, fairy: Any, wrapper: Any) -> None:
+        """Hand the connection to Django's *wrapper* (after the pre-ping)."""
+        self.fairy = fairy
+        self.state = IN_USE
+        self.fresh = True
+        callback = self._owner_gone
+        self.holder = weakref.ref(wrapper, callback)
+        self.owner = weakref.ref(_current_owner(), callback)
+
+    # -- what happens during the lease ---------------------------------------
+    def track_cursor(self, cursor: Any) -> None:
+        """A cursor Django created in this checkout: closed at checkin if
+        still open, and tagged with the checkout's number (see
+        :func:`cursor_checkout`)."""
+        cursors = self.cursors
+        if cursors is None:
+            self.cursors = [weakref.ref(cursor)]
+        else:
+            cursors.append(weakref.ref(cursor))
+        try:
+            cursor._djpool_checkout = (self, self.serial)
+        except (AttributeError, TypeError):  # a cursor class without __dict__
+            pass
+
+    def is_current(self, serial: int) -> bool:
+        """Whether checkout number *serial* of this connection still runs."""
+        return self.serial == serial and self.state is IN_USE
+
+    def orphan(self, cursor: Any) -> None:
+        """Close *cursor* of this checkout on the client only, now: a thread
+        that does not hold the connection closed it (the garbage collector or
+        an event loop finalising an abandoned ``iterator()`` /
+        ``aiterator()``), or the driver is inside a call on this connection
+        (a finaliser run by the collector in the middle of one).  A
+        server-side cursor's name is kept: the holder closes it at its next
+        cursor close outside a transaction (:meth:`close_orphans`), the
+        checkin's ``CLOSE ALL`` otherwise.  Stock Django would close it at
+        once, from whichever thread."""
+        name = self.driver.cursor_name(cursor)
+        self.driver.forget_cursor(cursor)
+        if name is not None:
+            if self.orphans is None:
+                self.orphans = [name]
+            else:
+                self.orphans.append(name)
+
+    def close_orphans(self) -> None:
+        """Run by the holder between statements, outside any transaction:
+        close the server-side cursors :meth:`orphan` left (a ``WITH HOLD``
+        cursor keeps its whole result on the server).  Errors (a cursor its
+        transaction already ended) are the driver's to ignore."""
+        names, self.orphans = self.orphans, None
+        if names and self.driver.in_transaction(self.conn) is False:
+            self.driver.close_named_cursors(self.conn, names)
+
+    def note_statement(self, labels: frozenset[str]) -> None:
+        """A statement classified as possibly changing session state."""
+        if not self.in_setup:
+            self.changed.update(labels)
+
+    def mark_discard(self, reason: str) -> None:
+        """Django judged the connection unusable: never hand it out again."""
+        if self.discard is None:
+            self.discard = reason
+
+    def check_caller(self) -> None:
+        """Raise the driver's ``InterfaceError`` when a thread other than the
+        one holding this checkout uses the raw connection (a stale
+        ``connection.connection`` kept past its request, used while another
+        request holds the session): stock Django's handle would be closed by
+        then.  Django's own thread-sharing (``allow_thread_sharing``) is
+        honoured.  Called by the pooled connection's ``cursor()``,
+        ``commit()``, ``rollback()`` (and mysqlclient's ``query()``)."""
+        owner = self.owner
+        if self.state is not IN_USE or owner is None:
+            return
+        if owner() is _current_owner():
+            return
+        holder = self.holder() if self.holder is not None else None
+        if holder is not None and getattr(holder, "allow_thread_sharing", False):
+            return
+        raise self.driver.module.InterfaceError(
+            "djpoolapp: this connection is checked out by another thread's "
+            "Django connection; a raw handle kept from an earlier request "
+            "(connection.connection) cannot use it (without the app it would "
+            "be closed)"
+        )
+
+    def held_by(self, wrapper: Any) -> bool:
+        holder = self.holder
+        return holder is not None and holder() is wrapper
+
+    # -- checkin -------------------------------------------------------------
+    def checkin(self) -> None:
+        """Django's close of the current checkout: return the connection as a
+        fresh one, or invalidate it; or, when Django's close asked for it
+        (:attr:`park_wanted`) and nothing had to be reset, park it with its
+        wrapper (state ``PARKED``)."""
+        park, self.park_wanted = self.park_wanted, False
+        if self.state is not IN_USE:
+            self.conn._djpool_close()  # already closed: as stock Django
+            return
+        self._return(None, park)
+
+    def _return(self, why_recovered: str | None, park: bool = False) -> None:
+        conn, pool, driver = self.conn, self.pool, self.driver
+        fairy = self.fairy
+        if not park:
+            self.fairy = self.holder = self.owner = None
+        self.state = IDLE  # (no caller check during the pool's round trips)
+        self.serial += 1  # this checkout's cursors are stale from here on
+        self.orphans = None  # (closed by the CLOSE ALL below: named_cursors)
+        self.returned_at = time.monotonic()
+        reason: BaseException | str | None = None
+        cursors = self.cursors
+        if cursors is not None:
+            self.cursors = None
+            if any(reference() is not None for reference in cursors):
+                try:  # closing a server-side cursor is a round trip
+                    with bounded(conn, "close of the cursors left open"):
+                        reason = _close_cursors(cursors, driver)
+                except RoundTripTimeout as error:
+                    reason = error
+        if reason is None:
+            # Unread results (MySQL): dropped, or why the session cannot be
+            # handed to the next request.
+            reason = driver.checkin_problem(conn)
+        if reason is None and (self.discard or conn._djpool_discard):
+            reason = self.discard or "Django saw an error on it"
+        elif reason is None and pool.retired:
+            reason = Retired("its pool was disposed or its settings changed")
+        elif reason is None and driver.is_broken(conn):
+            reason = "closed by the driver"
+        elif reason is None:
+            try:
+                # Whatever reset_on_return says: an idle connection never
+                # holds a transaction (nor its locks).
+                if driver.in_transaction(conn) is not False:
+                    driver.end_transaction(conn)
+                reset = self._reset_needed(pool.reset_session)
+                if reset is _RESET:
+                    park = False  # Django's set-up is undone: it must run again
+                    with bounded(conn, "session reset"):
+                        if not driver.reset_session(conn, self.snapshot):
+                            reason = "its session cannot be reset in place"
+                elif reset is _CURSORS:
+                    with bounded(conn, "close of the server-side cursors"):
+                        driver.close_server_cursors(conn)
+                self.clean = True
+            except Exception as error:
+                reason = error
+        if self.changed:
+            self.changed.clear()
+        self.named_cursors = False
+        self.discard = None
+        if conn._djpool_discard:
+            conn._djpool_discard = False
+        if park and not (
+            # Parked only in the autocommit Django left it in (the fast path
+            # skips Django's set_autocommit()).
+            reason is None and driver.autocommit(conn) is True and pool.park(self)
+        ):
+            park = False
+            self.fairy = self.holder = self.owner = None
+        # (Once parked, another thread may steal it at once: hands off.)
+        if reason is None:
+            if not park:
+                fairy.close()
+        else:
+            if isinstance(reason, str):
+                reason = sa_exc.DisconnectionError(reason)
+            fairy.invalidate(e=reason)
+        if why_recovered is not None:
+            pool.stats.add("recovered")
+            logger.warning(
+                "A connection of %r was returned to the pool %s: %s (close "
+                "connections explicitly, e.g. django.db.connections.close_all())",
+                pool,
+                "rolled back" if reason is None else "and closed",
+                why_recovered,
+            )
+        if connection_checked_in.receivers or logger.isEnabledFor(logging.DEBUG):
+            pool._announce_checkin(conn, reason)
+
+    def _reset_needed(self, mode: Any) -> object:
+        """What this checkin must reset (``reset_session``): _RESET (the
+        session), _CURSORS (server-side cursors only) or None."""
+        if mode == "always":
+            return _RESET
+        if mode is False:
+            # Session state is kept on request, but a server-side cursor
+            # holds server memory: it never survives a checkin.  (A changed
+            # MySQL session never gets here: Driver.checkin_problem.)
+            return _CURSORS if self.named_cursors else None
+        if (
+            self.changed
+            or self.named_cursors
+            or self.driver.session_changed(self.conn)
+            or (
+                self.snapshot is not UNSET
+                and self.driver.snapshot(self.conn) != self.snapshot
+            )
+        ):
+            return _RESET
+        return None
+
+    # -- parking -------------------------------------------------------------
+    def claim(self, wrapper: Any) -> bool:
+        """The fast path: Django's *wrapper* takes back the connection it
+        parked.  True: it is ``IN_USE`` by *wrapper* again, checked as a
+        checkout checks (recycle, ping after idle, a server that spoke).
+        False: it was stolen, drained or closed, or failed the check (then
+        invalidated); the caller connects the usual way."""
+        holder = self.holder
+        if self.state is not PARKED or holder is None or holder() is not wrapper:
+            return False
+        pool = self.pool
+        if not pool.queue.unpark(self):  # under the queue's mutex
+            return False
+        if pool.retired:
+            self._return(None)  # closed as "retired"
+            return False
+        try:
+            self.check_on_checkout(time.monotonic())
+        except sa_exc.DisconnectionError as error:
+            fairy = self.fairy
+            self.fairy = self.holder = self.owner = None
+            fairy.invalidate(e=error)
+            return False
+        owner = self.owner
+        token = _current_owner()
+        if owner is None or owner() is not token:
+            self.owner = weakref.ref(token, self._owner_gone)
+        return True
+
+    def stolen(self) -> None:
+        """Under the queue's mutex: another checkout took this parked
+        connection (``FairQueue._steal``).  Its former wrapper's and thread's
+        references stop counting; ``AliasPool.checkout`` hands it out."""
+        self.state = IN_USE
+        self.holder = self.owner = None
+
+    def release_parked(self) -> None:
+        """Return a parked connection to SQLAlchemy's queue (its wrapper or
+        thread is gone, or its wrapper connects the usual way).  Its session
+        was reset when it parked.  Never raises (weak reference callbacks)."""
+        try:
+            if not self.pool.queue.unpark(self):
+                return  # stolen or drained meanwhile
+            fairy = self.fairy
+            self.fairy = self.holder = self.owner = None
+            self.state = IDLE
+            fairy.close()
+        except Exception:  # pragma: no cover - last resort
+            logger.exception("Could not return a parked connection")
+
+    def close_parked(self, reason: BaseException) -> None:
+        """Close a connection drained from the parked set (dispose)."""
+        fairy = self.fairy
+        self.fairy = self.holder = self.owner = None
+        if fairy is not None:
+            fairy.invalidate(e=reason)
+
+    # -- other ends ------------------------------------------------------------
+    def close_raw(self) -> None:
+        """``close()`` on the driver connection by anyone but Django's close of
+        this checkout: close the session for real (stock meaning); if it is
+        checked out, the pool forgets it (never handed out again)."""
+        fairy = self.fairy
+        if self.state is IN_USE and fairy is not None:
+            self.fairy = self.holder = self.owner = None
+            self.state = CLOSED
+            fairy.invalidate(e=RawClose("closed by a raw driver close()"))
+        else:
+            self.conn._djpool_close()
+
+    def closed(self) -> None:
+        """The driver connection is being closed by the pool."""
+        self.state = CLOSED
+        self.fairy = self.holder = self.owner = None
+
+    def _owner_gone(self, ref: weakref.ref[Any]) -> None:
+        """Weak reference callback: the holder wrapper or thread is gone."""
+        if self.state is PARKED:
+            if ref is self.holder or ref is self.owner:
+                self.release_parked()  # idle already: back to the queue
+            return
+        if self.state is not IN_USE or (
+            ref is not self.holder and ref is not self.owner
+        ):
+            return  # a former checkout's reference
+        if ref is self.owner:
+            holder = self.holder() if self.holder is not None else None
+            if holder is not None and holder.connection is self.conn:
+                # The wrapper still holds it (shared with another thread, or
+                # kept): as stock Django, it stays open until the wrapper goes.
+                return
+            why = "the thread that checked it out ended without closing it"
+        else:
+            why = "its Django connection was garbage-collected without closing it"
+        self.recover(why)
+
+    def recover(self, why: str) -> None:
+        """Return a checkout whose owner is gone (rolled back, or closed).
+
+        Runs from a weak reference callback, in whichever thread the garbage
+        collector runs: never raises."""
+        try:
+            self._return(why)
+        except Exception:  # pragma: no cover - last resort
+            logger.exception("Could not return an abandoned connection")
+
+
+def cursor_checkout(cursor: Any) -> tuple[Lease, int] | None:
+    """``(lease, serial)``: the checkout a cursor was created in
+    (:meth:`Lease.track_cursor`), or None for a cursor no pool tracked."""
+    return getattr(cursor, "_djpool_checkout", None)
+
+
+def _close_cursors(
+    cursors: list[weakref.ref[Any]], driver: Any
+) -> BaseException | None:
+    """Close the cursors of this checkout that are still open; return why the
+    connection must be invalidated, if closing one failed.
+
+    Stock Django frees them by closing the connection.  In a pool the session
+    lives on: a stale cursor closed or used later would act on the connection
+    of whichever request holds it then.  Closed here, a cursor is inert; one
+    that escaped (the garbage collector clears weak references before it
+    finalises, and a finaliser may close it later) knows its checkout ended
+    (:func:`cursor_checkout`) and closes client-side only.  (Server-side
+    cursors whose Python object is already gone are closed by the session
+    reset: see ``Lease.named_cursors``.)
+    """
+    failure: BaseException | None = None
+    for reference in cursors:
+        cursor = reference()
+        if cursor is None:
+            continue
+        try:
+            cursor.close()
+        except Exception as error:
+            failure = failure or error
+        # Kept past its request and executed again, it must not reach the
+        # session (stock Django's would find its connection closed).
+        driver.forget_cursor(cursor)
+    return failure

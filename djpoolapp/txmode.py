@@ -1,0 +1,355 @@
+"""``pool_mode="transaction"``: hold a server connection only while needed.
+
+In request mode Django's connection holds its pooled driver connection from
+its first query to its ``close()`` at the end of the request.  In
+transaction mode the driver connection goes back to the pool as soon as
+nothing depends on it, and the next statement checks one out again (often
+the same one).  "Nothing depends on it" means, all at once (see
+:func:`release_if_idle`):
+
+- autocommit, outside ``atomic()``, no ``on_commit`` hook pending, no
+  error Django has not cleared yet;
+- no open Django cursor of this checkout (client-side cursors hold their
+  whole result: once closed, nothing is left to read on the session);
+- the driver says no transaction is open (PostgreSQL exactly; MySQL from
+  the statements seen and the server's autocommit flag);
+- nothing *pinned* it.
+
+Where the release happens
+    Django's wrapper keeps ``connection.connection`` set between statements
+    and every one of its methods starts with ``ensure_connection()``.  So a
+    release checks the driver connection in (``Lease.checkin``: the same
+    checks and reset as Django's close at request end) and sets the wrapper's
+    ``connection`` to None, the state Django itself knows as "not connected
+    yet": its next query, cursor or ``atomic()`` runs Django's own
+    ``connect()``, which checks a connection out of the pool at fast-path
+    cost.  Releases are attempted where a statement group ends: when a Django
+    cursor is closed (the ORM closes each cursor after reading its rows;
+    ``with connection.cursor()`` at block exit) and at the end of
+    ``set_autocommit(True)`` (the last step of the outermost ``atomic()``).
+    A cursor left open holds the connection until it is closed, garbage, or
+    the request ends; that includes a server-side cursor
+    (``QuerySet.iterator()`` / ``aiterator()`` on PostgreSQL), which holds it
+    while open and does not pin (the checkin after it closes every
+    server-side cursor of the session).
+
+Async views (ASGI)
+    Django runs a request's ``sync_to_async`` work (the async ORM) on a
+    thread of its own (asgiref's ``ThreadSensitiveContext``), and Django's
+    connections are per thread: each request has its own wrapper, released
+    between statements exactly as a sync request's, so a request awaiting
+    external I/O holds no server connection.  ``sync_to_async(...,
+    thread_sensitive=False)`` work runs on executor threads that outlive the
+    request; their connections are released after each statement as well.
+
+Pinning
+    Session state that must outlive its statement pins the driver connection
+    to the Django connection until Django closes it (the end of the
+    request), where the checkin resets the session (``reset_session``) as in
+    request mode.  Causes, each with its reason in the DEBUG log and counted
+    in ``pool_status()[alias].pins``:
+
+    - a statement ``sql.classify()`` labels with anything but
+      ``"transaction"``: ``SET``, ``set_config(..., false)``, ``SET ROLE``,
+      temporary tables, advisory locks, ``PREPARE``, ``LISTEN``, ``USE``,
+      ``LOCK TABLES``, MySQL user variables, several statements in one
+      ``execute()``, executable comments, anything unknown;
+    - ``callproc()`` (a procedure may change anything);
+    - user code reading ``connection.connection`` (the driver connection
+      itself): a reference kept past a release would reach a session
+      another thread holds.  Reading it when Django's connection was
+      released checks one out again, so code written for request mode sees
+      the connection it expects.  Django's own modules and djpoolapp read
+      it without pinning.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import sys
+from typing import Any
+
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
+
+from .sql import classify
+
+logger = logging.getLogger("djpoolapp")
+
+_TRANSACTION = frozenset({"transaction"})
+#: Bound once: ``sys`` may already be None when a weak reference callback
+#: reads ``connection`` at interpreter exit.
+_getframe = sys._getframe
+#: Callers whose reads of ``connection.connection`` do not pin.
+_INTERNAL = ("django.", "djpoolapp.")
+
+
+# -- the decisions ------------------------------------------------------------
+def release_if_idle(db: Any) -> bool:
+    """Check the driver connection of Django's *db* wrapper back in if nothing
+    depends on it any more; return True if it did.
+
+    Only the thread that owns *db* releases it (or any thread, when Django
+    allows sharing it): a cursor closed elsewhere, e.g. by the garbage
+    collector finalising an abandoned ``aiterator()`` in the event loop's
+    thread, must not check in a connection its owner may be using."""
+    if db._djpool_pin is not None or db._djpool_connecting:
+        return False
+    if other_thread(db):
+        return False
+    conn = db.__dict__.get("connection")
+    if conn is None:
+        return False
+    lease = getattr(conn, "_djpool_lease", None)
+    if lease is None or lease.fresh or lease.in_setup or not lease.held_by(db):
+        return False  # (fresh: Django's connect() has not set it up yet)
+    if (
+        db.in_atomic_block
+        or not db.autocommit
+        or db.run_on_commit
+        or db.errors_occurred
+        or db.closed_in_transaction
+    ):
+        return False
+    cursors = lease.cursors
+    if cursors:
+        for reference in cursors:
+            cursor = reference()
+            if cursor is not None and _is_open(cursor):
+                return False
+    reason = _pin_reason(lease, conn)
+    if reason is not None:
+        pin(db, reason)
+        return False
+    if lease.driver.in_transaction(conn) is not False:
+        return False
+    db._djpool_parked = True
+    db.__dict__["connection"] = None
+    lease.checkin()
+    return True
+
+
+def other_thread(db: Any) -> bool:
+    """Whether the calling thread is not the one holding Django's *db*
+    wrapper and Django does not allow sharing it (``_thread.get_ident``
+    looked up at each call, as Django's own ``_thread_ident`` is: gevent's
+    monkey-patching applies whenever it ran)."""
+    return db._thread_ident != _thread.get_ident() and not db.allow_thread_sharing
+
+
+def _is_open(cursor: Any) -> bool:
+    closed = getattr(cursor, "closed", None)
+    if closed is None:  # MySQLdb: a closed cursor forgets its connection
+        return getattr(cursor, "connection", None) is not None
+    return not closed
+
+
+def _pin_reason(lease: Any, conn: Any) -> str | None:
+    """Session state the lease or driver saw that must outlive this checkout.
+
+    A server-side cursor does not pin: while open it holds the connection
+    (as any open cursor does); once closed nothing of it is left on the
+    session, and one dropped unclosed is closed by the checkin's session
+    reset (``Lease.named_cursors``)."""
+    changed = lease.changed - _TRANSACTION
+    if changed:
+        return "session state changed: " + ", ".join(sorted(changed))
+    if getattr(conn, "_djpool_discard", False):
+        return "USE / LOCK TABLES"
+    if lease.driver.snapshot(conn) != lease.snapshot:
+        return "driver session attributes changed (read_only, isolation_level...)"
+    return None
+
+
+def pin(db: Any, reason: str) -> None:
+    """Keep *db*'s driver connection until Django closes it; count and log
+    why (first reason only)."""
+    if db._djpool_pin is not None:
+        return
+    conn = db.__dict__.get("connection")
+    lease = getattr(conn, "_djpool_lease", None)
+    if lease is None:
+        return
+    db._djpool_pin = reason
+    lease.pool.stats.add("pins")
+    logger.debug(
+        "Pinned a connection of %r to Django's connection %r until it is "
+        "closed (pool_mode='transaction'): %s",
+        lease.pool,
+        db.alias,
+        reason,
+    )
+
+
+def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
+    conn = db.__dict__.get("connection")
+    lease = getattr(conn, "_djpool_lease", None)
+    if lease is None or lease.in_setup or db._djpool_connecting:
+        return
+    if what != "statement":
+        labels = frozenset({what})
+    elif isinstance(sql, (str, bytes)):
+        labels = classify(db.vendor, sql)
+    else:  # psycopg's composed queries (sql.SQL(...).format(...))
+        try:
+            labels = classify(db.vendor, sql.as_string(conn))
+        except Exception:
+            labels = frozenset({"unknown"})
+    if labels and labels != _TRANSACTION:
+        # Recorded on the lease too, so that the checkin resets it
+        # (reset_session="auto") on every driver.
+        lease.note_statement(labels - _TRANSACTION)
+        if db._djpool_pin is None:
+            pin(db, f"{', '.join(sorted(labels))}: {str(sql)[:200]!r}")
+
+
+def _user_reads_connection(db: Any, conn: Any) -> Any:
+    """``connection.connection`` read outside Django: pin (checking a
+    connection out again if Django's was released)."""
+    if conn is None:
+        if not db._djpool_parked:
+            return None  # not connected yet, as without the app
+        db.ensure_connection()
+        conn = db.__dict__.get("connection")
+    caller = _getframe(2).f_globals.get("__name__", "?")
+    pin(db, f"connection.connection read by {caller}")
+    return conn
+
+
+class ConnectionAttribute:
+    """Data descriptor for ``DatabaseWrapper.connection`` (installed only
+    once a transaction-mode pool exists).  The value stays in the instance
+    ``__dict__`` under the same name, so removing the descriptor leaves every
+    wrapper as it was."""
+
+    def __get__(self, db: Any, owner: type | None = None) -> Any:
+        if db is None:
+            return self
+        conn = db.__dict__.get("connection")
+        if not db._djpool_txmode or db._djpool_pin is not None:
+            return conn
+        if _getframe(1).f_globals.get("__name__", "").startswith(_INTERNAL):
+            return conn
+        return _user_reads_connection(db, conn)
+
+    def __set__(self, db: Any, value: Any) -> None:
+        db.__dict__["connection"] = value
+
+
+# -- the patches (installed with the first transaction-mode pool) -----------
+def _wrap_execute(original: Any, what: str = "statement") -> Any:
+    def execute(self: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
+        db = self.db
+        if db._djpool_txmode:
+            _note_statement(db, sql, what)
+        return original(self, sql, *args, **kwargs)
+
+    execute.__name__ = original.__name__
+    execute.__doc__ = original.__doc__
+    execute._djpool_patched = True  # type: ignore[attr-defined]
+    return execute
+
+
+def _driver_autocommit(db: Any, conn: Any) -> bool | None:
+    """The driver connection's autocommit as the client knows it, without a
+    round trip (mysqlclient: the status flags of the server's last reply);
+    None when unknown."""
+    try:
+        if db.vendor == "postgresql":
+            return bool(conn.autocommit)
+        if db.vendor == "mysql":
+            return bool(conn.get_autocommit())
+    except Exception:
+        return None
+    return None
+
+
+def _wrap_set_autocommit(original: Any) -> Any:
+    def set_autocommit(self: Any, autocommit: bool, *args: Any, **kwargs: Any) -> Any:
+        if self._djpool_parked and self._djpool_connecting and not (args or kwargs):
+            # Django's connect() of a re-checkout (this wrapper released its
+            # connection earlier in the request).  When the pooled connection
+            # is in that mode already, what Django's set_autocommit() would
+            # do comes down to its flag: its checks and the driver call
+            # are skipped (no round trip either way: psycopg and
+            # mysqlclient 2.x skip an unchanged autocommit themselves).
+            # connect() has just cleared the atomic state and the health
+            # check, and no commit hook can be pending on a released
+            # connection.
+            conn = self.__dict__.get("connection")
+            if conn is not None and _driver_autocommit(self, conn) is bool(autocommit):
+                self.autocommit = autocommit
+                return None
+        result = original(self, autocommit, *args, **kwargs)
+        if autocommit and self._djpool_txmode:
+            release_if_idle(self)  # the end of the outermost atomic()
+        return result
+
+    set_autocommit._djpool_patched = True  # type: ignore[attr-defined]
+    return set_autocommit
+
+
+def _wrap_connect(original: Any) -> Any:
+    def connect(self: Any) -> Any:
+        self._djpool_connecting += 1
+        try:
+            return original(self)
+        finally:
+            self._djpool_connecting -= 1
+            self._djpool_parked = False
+
+    connect._djpool_patched = True  # type: ignore[attr-defined]
+    return connect
+
+
+def _wrap_close(original: Any) -> Any:
+    def close(self: Any) -> Any:
+        try:
+            return original(self)
+        finally:
+            if self.__dict__.get("connection") is None:
+                self._djpool_pin = None  # the request (or its owner) ended
+                self._djpool_parked = False
+
+    close._djpool_patched = True  # type: ignore[attr-defined]
+    return close
+
+
+def _wrap_close_if_unusable_or_obsolete(original: Any) -> Any:
+    def close_if_unusable_or_obsolete(self: Any) -> Any:
+        result = original(self)
+        if self.__dict__.get("connection") is None:
+            self._djpool_parked = False  # request boundary: nothing to re-take
+        return result
+
+    close_if_unusable_or_obsolete._djpool_patched = True  # type: ignore[attr-defined]
+    return close_if_unusable_or_obsolete
+
+
+def install() -> None:
+    """Install the transaction-mode hooks on Django's classes (idempotent;
+    undone by ``patch.uninstall()``)."""
+    from .patch import _set
+
+    if "connection" in BaseDatabaseWrapper.__dict__:
+        return
+    base = BaseDatabaseWrapper
+    _set(base, "_djpool_txmode", False)
+    _set(base, "_djpool_pin", None)
+    _set(base, "_djpool_parked", False)
+    _set(base, "_djpool_connecting", 0)
+    _set(base, "connect", _wrap_connect(base.connect))
+    _set(base, "close", _wrap_close(base.close))
+    _set(base, "set_autocommit", _wrap_set_autocommit(base.set_autocommit))
+    _set(
+        base,
+        "close_if_unusable_or_obsolete",
+        _wrap_close_if_unusable_or_obsolete(base.close_if_unusable_or_obsolete),
+    )
+    _set(CursorWrapper, "execute", _wrap_execute(CursorWrapper.execute))
+    _set(CursorWrapper, "executemany", _wrap_execute(CursorWrapper.executemany))
+    _set(CursorWrapper, "callproc", _wrap_execute(CursorWrapper.callproc, "callproc"))
+    # Last: from here on Django's connection attribute goes through it.
+    _set(base, "connection", ConnectionAttribute())
+    logger.debug("Installed the pool_mode='transaction' hooks")

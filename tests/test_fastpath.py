@@ -1,0 +1,236 @@
+"""The fast path (issue 12): between requests a connection *parks* with its
+Django wrapper, which takes it back at its next request without Django's
+connect bookkeeping or SQLAlchemy's checkout; another thread takes a parked
+connection only when nothing is idle.  Proven from the server's side (the
+session id that answered, rows another thread sees), on PostgreSQL (both
+drivers, ``DJPOOL_TEST_DRIVER``) and MariaDB.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import close_old_connections, connections
+from django.test import override_settings
+
+import djpoolapp
+from djpoolapp.lease import CLOSED, IDLE, PARKED
+from djpoolapp.pool import registry
+from tests.conftest import ALIASES
+from tests.test_transparency import in_thread
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+    pytest.mark.usefixtures("parking"),  # park=True (off by default)
+]
+
+#: One connection: every second thread must take the parked one or wait.
+ONE = {"pool_size": 1, "max_overflow": 0, "timeout": 10}
+
+SESSION_SQL = {
+    "postgresql": "SELECT pg_backend_pid()",
+    "mysql": "SELECT CONNECTION_ID()",
+}
+
+
+def session_of(request_cycle: Callable[[str], tuple[int, bytes]], alias: str) -> int:
+    status, body = request_cycle(f"/session/{alias}/")
+    assert status == 200, body[:300]
+    return int(json.loads(body)["session"])
+
+
+def parked_lease(alias: str) -> Any:
+    lease = connections[alias]._djpool_park
+    assert lease is not None and lease.state is PARKED
+    return lease
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__same_session_without_a_checkout(alias, request_cycle):
+    first = session_of(request_cycle, alias)
+    lease = parked_lease(alias)
+    (pool,) = registry.pools(alias)
+    checkouts = pool.stats.checkouts
+    sessions = {session_of(request_cycle, alias) for _ in range(50)}
+    assert sessions == {first}
+    # Each request took its parked connection back: no SQLAlchemy checkout.
+    assert pool.stats.checkouts == checkouts
+    assert parked_lease(alias) is lease
+    assert connections[alias].connection is None  # as stock Django between requests
+    status = djpoolapp.pool_status(alias)[alias]
+    assert (status.checked_out, status.idle) == (0, 1)  # parked = idle
+    assert pool.queue.parked() == 1
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__parked_connection_taken_by_another_thread_when_pool_empty(
+    alias, request_cycle, server_sessions
+):
+    timeouts = registry.stats(alias).timeouts  # counters are per process
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: ONE}}):
+        mine = session_of(request_cycle, alias)
+        lease = parked_lease(alias)
+        (pool,) = registry.pools(alias)
+        steals = pool.stats.steals
+        # The only connection is parked here: without taking it, the other
+        # thread would wait 10 s and fail with PoolTimeout.
+        theirs = in_thread(lambda: session_of(request_cycle, alias), timeout=30)
+        assert theirs == mine
+        assert pool.stats.steals == steals + 1
+        assert lease.state is not PARKED or not lease.held_by(connections[alias])
+        # This wrapper notices at its next request and connects the usual way.
+        assert session_of(request_cycle, alias) == mine
+        assert server_sessions(alias) == 1
+        assert registry.stats(alias).timeouts == timeouts
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__threads_take_turns_on_one_connection(alias, request_cycle):
+    timeouts = registry.stats(alias).timeouts  # counters are per process
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: ONE}}):
+        mine = session_of(request_cycle, alias)
+
+        def work() -> set[int]:
+            return {session_of(request_cycle, alias) for _ in range(5)}
+
+        for _ in range(3):
+            assert in_thread(work, timeout=30) == {mine}
+            assert session_of(request_cycle, alias) == mine
+        assert registry.stats(alias).timeouts == timeouts
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__rolled_back_before_another_thread_takes_it(alias, request_cycle):
+    """A transaction opened behind Django's back is rolled back when the
+    connection parks: the thread that takes it sees none of its rows."""
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: ONE}}):
+        connection = connections[alias]
+        with connection.cursor() as cursor:
+            cursor.execute(SESSION_SQL[connection.vendor])
+            (mine,) = cursor.fetchone()
+            cursor.execute("BEGIN")
+            cursor.execute(
+                "INSERT INTO testapp_item (name, value, created) "
+                "VALUES ('uncommitted', 1, CURRENT_TIMESTAMP)"
+            )
+        close_old_connections()  # the request ends
+        parked_lease(alias)
+
+        def look() -> tuple[int, int]:
+            with connections[alias].cursor() as cursor:
+                cursor.execute(SESSION_SQL[connections[alias].vendor])
+                (session,) = cursor.fetchone()
+                cursor.execute(
+                    "SELECT COUNT(*) FROM testapp_item WHERE name = 'uncommitted'"
+                )
+                (count,) = cursor.fetchone()
+            return int(session), int(count)
+
+        assert in_thread(look, timeout=30) == (mine, 0)
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__changed_session_is_reset_not_parked(alias, request_cycle):
+    connection = connections[alias]
+    change, read = {
+        "postgresql": (
+            "SELECT set_config('djpool.leak', 'yes', false)",
+            "SELECT current_setting('djpool.leak', true)",
+        ),
+        "mysql": ("SET @djpool_leak = 'yes'", "SELECT @djpool_leak"),
+    }[connection.vendor]
+    with connection.cursor() as cursor:
+        cursor.execute(change)
+    close_old_connections()
+    assert connection._djpool_park is None  # returned, reset (or closed)
+    with connection.cursor() as cursor:
+        cursor.execute(read)
+        (value,) = cursor.fetchone()
+    assert value in (None, "")
+    close_old_connections()
+    parked_lease(alias)  # an unchanged session parks again
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__dispose_closes_parked_connections(
+    alias, request_cycle, server_sessions
+):
+    first = session_of(request_cycle, alias)
+    lease = parked_lease(alias)
+    djpoolapp.dispose(alias)
+    assert lease.state is CLOSED
+    deadline = time.monotonic() + 5
+    while server_sessions(alias) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server_sessions(alias) == 0
+    assert session_of(request_cycle, alias) != first  # a new pool, a new session
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__thread_end_returns_its_parked_connection(alias, request_cycle):
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: ONE}}):
+        leases: list[Any] = []
+        recovered = registry.stats(alias).recovered  # counters are per process
+
+        def work() -> int:
+            session = session_of(request_cycle, alias)
+            leases.append(parked_lease(alias))
+            return session
+
+        theirs = in_thread(work, timeout=30)
+        gc.collect()
+        (lease,) = leases
+        assert lease.state is IDLE  # back in SQLAlchemy's queue, not parked
+        (pool,) = registry.pools(alias)
+        assert pool.queue.parked() == 0
+        assert pool.queue.qsize() == 1
+        assert session_of(request_cycle, alias) == theirs
+        assert pool.stats.recovered == recovered  # not an abandoned checkout
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__dead_parked_connection_replaced(alias, request_cycle, admin_kill):
+    first = session_of(request_cycle, alias)
+    lease = parked_lease(alias)
+    admin_kill(alias, first)
+    deadline = time.monotonic() + 5
+    second = session_of(request_cycle, alias)  # the request does not fail
+    assert second != first
+    assert lease.state is CLOSED
+    assert time.monotonic() < deadline
+    assert djpoolapp.pool_status(alias)[alias].invalidated >= 1
+
+
+@pytest.fixture
+def admin_kill() -> Any:
+    """``admin_kill(alias, session)``: end a server session from outside."""
+    from tests.conftest import monitor_connection
+
+    opened: list[Any] = []
+
+    def kill(alias: str, session: int) -> None:
+        conn = monitor_connection(alias)
+        opened.append(conn)
+        cursor = conn.cursor()
+        if connections[alias].vendor == "postgresql":
+            cursor.execute("SELECT pg_terminate_backend(%s)", [session])
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                cursor.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s", [session]
+                )
+                if cursor.fetchone() is None:
+                    break
+                time.sleep(0.02)
+        else:
+            cursor.execute(f"KILL {int(session)}")
+        time.sleep(0.1)
+
+    yield kill
+    for conn in opened:
+        conn.close()
