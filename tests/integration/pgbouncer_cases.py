@@ -11,10 +11,12 @@ PgBouncer's server connections, not Django's: what djpoolapp pools are the
 from __future__ import annotations
 
 import re
+import threading
 import time
 from typing import Any
 
 from django.db import connections
+from django.test import override_settings
 
 from tests.conftest import driver_module
 from tests.integration import POOLER_CASES
@@ -90,3 +92,43 @@ def test_pgbouncer__stock_django_logs_in_once_per_request(request_cycle, unpatch
     session_requests(request_cycle, 20)
     assert logins() - before == 20
     assert wait_for_clients(0) == 0
+
+
+def test_pgbouncer__threads_never_exceed_pool_size(request_cycle):
+    """8 threads share a pool of 4: PgBouncer never sees more than 4 clients
+    of the test database, and at most 4 of them log in."""
+    fresh_pools()
+    errors: list[BaseException] = []
+    peak = 0
+    done = threading.Event()
+
+    def client() -> None:
+        try:
+            session_requests(request_cycle, 50)
+        except BaseException as error:  # reported below
+            errors.append(error)
+        finally:
+            for connection in connections.all(initialized_only=True):
+                connection.close()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.wait(0.02):
+            peak = max(peak, clients_of_test_database())
+
+    options = {"pool_size": 4, "max_overflow": 0, "timeout": 30}
+    with override_settings(DJPOOL_OPTIONS={"aliases": {"default": options}}):
+        before = logins()
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        done.set()
+        watcher.join()
+        fresh_pools()
+    assert not errors, errors[:3]
+    assert 1 <= peak <= 4
+    assert logins() - before <= 4

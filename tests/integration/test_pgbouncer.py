@@ -18,9 +18,11 @@ stopping PgBouncer.
 Left out, with reasons:
 - test_iterator__uses_a_server_side_cursor_on_postgresql: asserts the named
   cursor that DISABLE_SERVER_SIDE_CURSORS turns off;
-- test_requests__without_the_app_open_a_session_each[postgres]: counts a
-  server session per request, but behind PgBouncer the server sessions are
-  PgBouncer's; pgbouncer_cases.py counts client logins instead.
+- test_requests__without_the_app_open_a_session_each[postgres] and
+  test_threads__never_exceed_pool_size[postgres]: count server sessions, but
+  behind PgBouncer the server sessions are PgBouncer's (a server connection
+  it opened for an earlier test of the run stays open, idle, and is counted);
+  pgbouncer_cases.py counts PgBouncer's clients and logins instead.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ log_disconnections = 1
 DESELECTED = [
     "tests/test_orm.py::test_iterator__uses_a_server_side_cursor_on_postgresql",
     "tests/test_pooling.py::test_requests__without_the_app_open_a_session_each[postgres]",
+    "tests/test_pooling.py::test_threads__never_exceed_pool_size[postgres]",
 ]
 
 
