@@ -203,12 +203,12 @@ def _require_python(session: nox.Session) -> None:
         )
 
 
-#: The default psycopg2 session runs only the tests that touch PostgreSQL:
-#: the others (MariaDB-only cases and files, tests/unit, tests/test_docs.py;
-#: ``never_touches_postgres`` in tests/conftest.py) cannot depend on the
-#: PostgreSQL driver and ran in tests-psycopg3 already.  The matrix and the
+#: The default psycopg2 session runs only the tests whose verdict can depend
+#: on the PostgreSQL driver djpoolapp pools: the others (MariaDB-only cases
+#: and files, tests/unit, tests/test_docs.py, the stock-Django baselines;
+#: ``driver_independent`` in tests/conftest.py) ran in tests-psycopg3.  The matrix and the
 #: corners run every test in each cell.
-SECOND_DRIVER_PYTEST_ARGS = {"psycopg2": ["--deselect-postgres-free"]}
+SECOND_DRIVER_PYTEST_ARGS = {"psycopg2": ["--second-driver-cut"]}
 
 
 def _tests(session: nox.Session, driver: str) -> None:
@@ -230,8 +230,9 @@ def tests_psycopg3(session: nox.Session) -> None:
 
 @nox.session(name="tests-psycopg2", python=ANY_PYTHON or False)
 def tests_psycopg2(session: nox.Session) -> None:
-    """The tests that touch PostgreSQL, with psycopg2 as its driver (psycopg 3
-    absent); the others ran in tests-psycopg3 (``--deselect-postgres-free``)."""
+    """The tests that can depend on the PostgreSQL driver, with psycopg2 as
+    its driver (psycopg 3 absent); the others ran in tests-psycopg3
+    (``--second-driver-cut``)."""
     _tests(session, "psycopg2")
 
 

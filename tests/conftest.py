@@ -6,8 +6,9 @@
   that server is missing, naming the package to install, except under
   ``CI=true``, where the run fails instead; tests marked ``restart`` skip on
   an external server.
-- ``--deselect-postgres-free`` (nox's tests-psycopg2 session): the tests
-  that never touch PostgreSQL are deselected (``never_touches_postgres``).
+- ``--second-driver-cut`` (nox's tests-psycopg2 session): the tests whose
+  verdict cannot depend on the PostgreSQL driver djpoolapp pools are
+  deselected (``driver_independent``).
 - ``request_cycle``: drive a path through Django's real ``WSGIHandler``
   (request_started / request_finished, so ``close_old_connections()`` runs as
   in production; the test ``Client`` disconnects it).
@@ -49,7 +50,7 @@ def _why_missing(name: str) -> str:
     return f"{name} server unreachable"
 
 
-# -- --deselect-postgres-free: the psycopg2 session's cut ----------------------
+# -- --second-driver-cut: the psycopg2 session's cut ---------------------------
 #: Paths whose tests use no database server and no driver: pure functions
 #: (tests/unit) and the documentation's text and Sphinx build.
 POSTGRES_FREE_PATHS = ("tests/unit/", "tests/test_docs.py")
@@ -57,7 +58,7 @@ POSTGRES_FREE_PATHS = ("tests/unit/", "tests/test_docs.py")
 #: test's own alias (the status page queries each server; its staff user
 #: lives in ``default``): their ``[mysql]`` cases touch PostgreSQL too.
 EVERY_ALIAS_FILES = ("tests/test_status_page.py",)
-DESELECT_OPTION = "--deselect-postgres-free"
+DESELECT_OPTION = "--second-driver-cut"
 DESELECT_REPORT_ENV = "DJPOOL_TEST_DESELECT_REPORT"
 
 
@@ -65,15 +66,27 @@ def pytest_addoption(parser: Any) -> None:
     parser.addoption(
         DESELECT_OPTION,
         action="store_true",
-        help="deselect the tests that never touch PostgreSQL (MariaDB-only "
-        "cases and files, tests/unit, tests/test_docs.py): nox's tests-psycopg2 "
+        help="deselect the tests whose verdict cannot depend on the PostgreSQL "
+        "driver djpoolapp pools (MariaDB-only cases and files, tests/unit, "
+        "tests/test_docs.py, the stock-Django baselines): nox's tests-psycopg2 "
         "session, after tests-psycopg3 ran them all (docs/testing.rst)",
     )
 
 
+def driver_independent(item: Any) -> bool:
+    """True for a test whose verdict cannot depend on the PostgreSQL driver
+    djpoolapp pools: a stock-Django baseline (marked ``stock_baseline``: the
+    same load with ``DJPOOL_DISABLE=1``, the comparison column of a table,
+    which tests Django and the driver, not djpoolapp), or a test that never
+    touches PostgreSQL (``never_touches_postgres``)."""
+    return bool(item.get_closest_marker("stock_baseline")) or never_touches_postgres(
+        item
+    )
+
+
 def never_touches_postgres(item: Any) -> bool:
-    """True for a test whose verdict cannot depend on the PostgreSQL driver:
-    it uses no database (tests/unit, the docs), or only MariaDB -- marked
+    """True for a test that uses no database (tests/unit, the docs), or only
+    MariaDB -- marked
     ``mysql`` and not ``postgres`` (the ``[mysql]`` case of an alias-
     parametrised test, a MariaDB-only file), not an integration test, and
     not in a file whose code under test reaches every alias.
@@ -98,8 +111,8 @@ def never_touches_postgres(item: Any) -> bool:
 def _deselect_postgres_free(config: Any, items: list[Any]) -> None:
     if not config.getoption(DESELECT_OPTION):
         return
-    kept = [item for item in items if not never_touches_postgres(item)]
-    dropped = [item for item in items if never_touches_postgres(item)]
+    kept = [item for item in items if not driver_independent(item)]
+    dropped = [item for item in items if driver_independent(item)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
@@ -120,9 +133,9 @@ def pytest_report_header(config: Any) -> str | None:
         return None
     return (
         f"{DESELECT_OPTION}: deselects the tests that never touch PostgreSQL "
-        "(MariaDB-only cases and files, tests/unit, tests/test_docs.py), which "
-        "add nothing to a run on a second PostgreSQL driver; the count follows "
-        "the collection"
+        "(MariaDB-only cases and files, tests/unit, tests/test_docs.py) and the "
+        "stock-Django baselines, which add nothing to a run on a second "
+        "PostgreSQL driver; the count follows the collection"
     )
 
 

@@ -24,3 +24,8 @@ POOLER_CASES = [
 
 POOL_SIZE = 2
 MAX_OVERFLOW = 2
+
+#: The ``mode`` parameter of a test that runs the same load with djpoolapp
+#: and on stock Django (``DJPOOL_DISABLE=1``); the stock case is a baseline,
+#: left out of the psycopg2 session (``--second-driver-cut``).
+MODES = ["djpoolapp", pytest.param("stock", marks=pytest.mark.stock_baseline)]

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.integration import BOTH_DATABASES, MAX_OVERFLOW, POOL_SIZE
+from tests.integration import BOTH_DATABASES, MAX_OVERFLOW, MODES, POOL_SIZE
 from tests.integration.conftest import get, require_module, require_tool
 from tests.integration.servers import (
     assert_served,
@@ -35,7 +35,7 @@ def uvicorn(port: int) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("mode", ["djpoolapp", "stock"])
+@pytest.mark.parametrize("mode", MODES)
 def test_uvicorn__async_views_under_load_within_pool_bounds(
     mode, seeded, tmp_path, port
 ):

@@ -25,7 +25,7 @@ import threading
 import pytest
 from django.conf import settings
 
-from tests.integration import BOTH_DATABASES, MAX_OVERFLOW, POOL_SIZE
+from tests.integration import BOTH_DATABASES, MAX_OVERFLOW, MODES, POOL_SIZE
 from tests.integration.conftest import (
     SessionSampler,
     require_module,
@@ -114,7 +114,7 @@ def test_eventlet__100_green_threads_x_20_requests_within_the_pool_bound(
     assert alarms == [], log
 
 
-@pytest.mark.parametrize("mode", ["djpoolapp", "stock"])
+@pytest.mark.parametrize("mode", MODES)
 def test_eventlet__requests_per_second(mode, seeded, tmp_path, port):
     require_tool("wrk")
     served = serve_under_load(

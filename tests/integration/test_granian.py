@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import BOTH_DATABASES, MAX_OVERFLOW, POOL_SIZE
+from tests.integration import BOTH_DATABASES, MAX_OVERFLOW, MODES, POOL_SIZE
 from tests.integration.conftest import require_module, require_tool
 from tests.integration.servers import (
     assert_served,
@@ -41,7 +41,7 @@ def granian(port: int) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("mode", ["djpoolapp", "stock"])
+@pytest.mark.parametrize("mode", MODES)
 def test_granian__wsgi_threads_under_load_within_pool_bounds(
     mode, seeded, tmp_path: Path, port
 ):

@@ -1,7 +1,7 @@
 """gunicorn with 2 workers in each worker class, under a bounded load.
 
-Per case: ~10 s of wrk load (5 s on a PostgreSQL view, 5 s on a MariaDB
-view) with server sessions sampled throughout.  Pooled runs must have no
+Per case: wrk load on a PostgreSQL view, then on a MariaDB view
+(``LOAD_SECONDS`` each) with server sessions sampled throughout.  Pooled runs must have no
 failed request, never more than processes x (pool_size + max_overflow)
 sessions per database, and a clean log; the same cases under stock Django
 (``DJPOOL_DISABLE=1``) give the baseline of the requests/second table.
@@ -80,6 +80,7 @@ def test_gunicorn__load_without_failures_within_pool_bounds(
         assert len(forked) >= WORKERS, run.log
 
 
+@pytest.mark.stock_baseline
 @pytest.mark.parametrize("case", list(CASES))
 def test_gunicorn__stock_django_baseline(case, seeded, tmp_path, port):
     """The same load with DJPOOL_DISABLE=1: the table's other column."""

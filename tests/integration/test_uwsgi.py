@@ -98,6 +98,7 @@ def test_uwsgi__load_without_failures_within_pool_bounds(case, seeded, tmp_path,
         assert run.log.count("project postfork hook ran") >= WORKERS, run.log
 
 
+@pytest.mark.stock_baseline
 @pytest.mark.parametrize("case", list(CASES))
 def test_uwsgi__stock_django_baseline(case, seeded, tmp_path, port):
     """The same load with DJPOOL_DISABLE=1: the table's other column."""
