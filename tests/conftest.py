@@ -108,7 +108,7 @@ def never_touches_postgres(item: Any) -> bool:
     )
 
 
-def _deselect_postgres_free(config: Any, items: list[Any]) -> None:
+def _second_driver_cut(config: Any, items: list[Any]) -> None:
     if not config.getoption(DESELECT_OPTION):
         return
     kept = [item for item in items if not driver_independent(item)]
@@ -179,7 +179,7 @@ def pytest_report_collectionfinish(config: Any, items: list[Any]) -> str | None:
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    _deselect_postgres_free(config, items)
+    _second_driver_cut(config, items)
     missing = [name for name, up in settings.SERVERS.items() if not up]
     if missing and IN_CI:
         raise pytest.UsageError(

@@ -18,11 +18,13 @@ stopping PgBouncer.
 Left out, with reasons:
 - test_iterator__uses_a_server_side_cursor_on_postgresql: asserts the named
   cursor that DISABLE_SERVER_SIDE_CURSORS turns off;
-- test_requests__without_the_app_open_a_session_each[postgres] and
+- test_requests__without_the_app_open_a_session_each[postgres],
+  test_requests__reuse_pooled_server_sessions[postgres] and
   test_threads__never_exceed_pool_size[postgres]: count server sessions, but
   behind PgBouncer the server sessions are PgBouncer's (a server connection
   it opened for an earlier test of the run stays open, idle, and is counted);
-  pgbouncer_cases.py counts PgBouncer's clients and logins instead.
+  pgbouncer_cases.py counts PgBouncer's clients and logins instead (as the
+  Pgpool-II run leaves the same three out).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ log_disconnections = 1
 DESELECTED = [
     "tests/test_orm.py::test_iterator__uses_a_server_side_cursor_on_postgresql",
     "tests/test_pooling.py::test_requests__without_the_app_open_a_session_each[postgres]",
+    "tests/test_pooling.py::test_requests__reuse_pooled_server_sessions[postgres]",
     "tests/test_pooling.py::test_threads__never_exceed_pool_size[postgres]",
 ]
 
@@ -88,5 +91,5 @@ def test_pgbouncer__core_orm_tests_pass_in_transaction_mode(pgbouncer, tmp_path)
     run_core_tests_through(
         "pgbouncer", "PgBouncer (transaction mode)", port, log,
         settings_module="tests.integration.pgbouncer_settings",
-        deselected=DESELECTED, min_passed=12,
+        deselected=DESELECTED, min_passed=11,
     )  # fmt: skip

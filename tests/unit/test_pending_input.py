@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import select
+import signal
 import socket
 from collections.abc import Iterator
 
@@ -46,12 +48,48 @@ def test_pending_input__quiet_data_and_eof(pair, use_libc, monkeypatch):
         assert spins < 10_000
 
 
-def test_pending_input__a_descriptor_that_is_no_socket_reports_input():
-    """A closed or invalid descriptor says "ask the server" (POLLNVAL)."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    os.close(write_end)
-    assert drivers._has_pending_input(read_end) is True
+def unused_descriptor() -> int:
+    """A descriptor number no thread has open (the highest one allowed)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fd = min(soft, 2**20) - 1
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    return fd
+
+
+@pytest.mark.parametrize("use_libc", [True, False], ids=["libc-poll", "select"])
+def test_pending_input__a_descriptor_that_is_no_socket_reports_input(
+    use_libc, monkeypatch
+):
+    """A closed, negative or out-of-range descriptor says "ask the server"."""
+    if not use_libc:
+        monkeypatch.setattr(drivers, "_POLL", None)
+    assert drivers._has_pending_input(unused_descriptor()) is True
+    assert drivers._has_pending_input(-1) is True
+    assert drivers._has_pending_input(2**31) is True
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no interval timers")
+def test_pending_input__a_signal_during_the_poll_is_retried(pair):
+    """poll(2) interrupted by a signal (EINTR) is retried, as Python's own
+    system calls are (PEP 475), not reported as an error or as input.  A
+    timer fires every 50 µs while the check runs 100,000 times (before the
+    retry, a few hundred of them raised OSError)."""
+    client, _ = pair
+    fired = [0]
+
+    def count(signum: int, frame: object) -> None:
+        fired[0] += 1
+
+    previous = signal.signal(signal.SIGALRM, count)
+    signal.setitimer(signal.ITIMER_REAL, 0.00005, 0.00005)
+    try:
+        answers = {drivers._has_pending_input(client.fileno()) for _ in range(100_000)}
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert fired[0] > 100
+    assert answers == {False}
 
 
 @pytest.mark.skipif(not hasattr(select, "poll"), reason="no poll(2) here")
