@@ -9,7 +9,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,18 +18,6 @@ from djpoolapp import deadline
 def identity(sock: socket.socket) -> tuple[int, int, int]:
     stat = os.fstat(sock.fileno())
     return sock.fileno(), stat.st_dev, stat.st_ino
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """A connected TCP pair on 127.0.0.1 (the far end never answers)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname())
-    server, _ = listener.accept()
-    listener.close()
-    yield client, server
-    client.close()
-    server.close()
 
 
 @pytest.fixture

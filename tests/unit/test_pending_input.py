@@ -9,24 +9,10 @@ import os
 import resource
 import select
 import signal
-import socket
-from collections.abc import Iterator
 
 import pytest
 
 from djpoolapp import drivers
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """A connected TCP pair on 127.0.0.1."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname())
-    server, _ = listener.accept()
-    listener.close()
-    yield client, server
-    client.close()
-    server.close()
 
 
 @pytest.mark.parametrize("use_libc", [True, False], ids=["libc-poll", "select"])
