@@ -129,10 +129,10 @@ def _install_driver(
     resolver pass picks versions that agree with each other.
     """
     extra_list = ",".join([*extras, DRIVER_EXTRAS[driver]])
-    # --no-compile: pip would byte-compile every installed module (Django's
-    # thousands) up front; imports compile the few the run uses, once (the
-    # install took 32-34 s instead of 50-82 s on the loaded 2-core machine).
-    session.install("--no-compile", "-e", f".[{extra_list}]", *requirements)
+    # Not --no-compile: where PYTHONDONTWRITEBYTECODE is set (as on the
+    # reference machine), every process would compile what it imports again
+    # (docs/testing.rst: 702 s instead of 630 s for the README's command).
+    session.install("-e", f".[{extra_list}]", *requirements)
     # Reused virtualenvs may hold the other driver from an earlier run.
     session.run_install(
         "python", "-m", "pip", "uninstall", "--yes", "--quiet",
