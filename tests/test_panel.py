@@ -156,6 +156,7 @@ def test_panel__renders_in_headless_chromium():
     """The toolbar with the panel rendered into the page (``RENDER_PANELS``),
     loaded by headless Chromium from a live server started with the toolbar's
     middleware: the browser's DOM holds the checkouts and the pool state."""
+    import shutil
     import tempfile
     from pathlib import Path
 
@@ -179,7 +180,8 @@ def test_panel__renders_in_headless_chromium():
         server.is_ready.wait()
         if server.error:
             raise server.error
-        browser = Browser(binary, driver, Path(tempfile.mkdtemp(prefix="djpool-")))
+        profile = tempfile.mkdtemp(prefix="djpool-chromium-")
+        browser = Browser(binary, driver, Path(profile))
         try:
             browser.get(f"http://127.0.0.1:{server.port}/checkouts/default/?n=3")
             # django-debug-toolbar 8 renders into a (declarative) shadow root.
@@ -204,6 +206,7 @@ def test_panel__renders_in_headless_chromium():
         finally:
             browser.quit()
             server.terminate()
+            shutil.rmtree(profile, ignore_errors=True)
     assert shown == ["new", "reused", "reused"], checked_out
     assert "3 checkouts" in " ".join(subtitle.split()), subtitle
     assert checked_out == "1"  # held until the server's request_finished
