@@ -78,7 +78,8 @@ class Admin:
         if self.vendor == "postgresql":
             sql = (
                 "SELECT pid FROM pg_stat_activity WHERE datname = %s "
-                "AND pid <> pg_backend_pid() ORDER BY pid"
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+                "ORDER BY pid"
             )
         else:
             sql = (
@@ -118,6 +119,7 @@ class Admin:
             return self.rows(
                 "SELECT pid, state, backend_xid FROM pg_stat_activity "
                 "WHERE datname = %s AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend' "
                 "AND (state <> 'idle' OR backend_xid IS NOT NULL "
                 "OR xact_start IS NOT NULL)",
                 [self.database],

@@ -239,8 +239,8 @@ def run_wrk(
 
 
 SESSION_IDS_SQL = {
-    "postgresql": "SELECT pid FROM pg_stat_activity "
-    "WHERE datname = %s AND pid <> pg_backend_pid()",
+    "postgresql": "SELECT pid FROM pg_stat_activity WHERE datname = %s "
+    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
     "mysql": "SELECT ID FROM information_schema.PROCESSLIST "
     "WHERE DB = %s AND ID <> CONNECTION_ID()",
 }
