@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -354,6 +355,30 @@ def server_sessions() -> Iterator[Callable[..., int]]:
     yield count
     for conn in monitors.values():
         conn.close()
+
+
+def peak_while(clients: list[Callable[[], None]], sample: Callable[[], int]) -> int:
+    """Run each of *clients* in its own thread, all at once, while another
+    thread calls *sample* every 20 ms; the highest value it returned (0 if
+    it never ran).  Each client reports its own errors."""
+    peak = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.wait(0.02):
+            peak = max(peak, sample())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [threading.Thread(target=client) for client in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    done.set()
+    watcher.join()
+    return peak
 
 
 _handler: WSGIHandler | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
@@ -11,7 +10,7 @@ from django.db import connections
 from django.test import override_settings
 
 import djpoolapp
-from tests.conftest import ALIASES
+from tests.conftest import ALIASES, peak_while
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -56,8 +55,6 @@ def test_requests__without_the_app_open_a_session_each(
 def test_threads__never_exceed_pool_size(alias, request_cycle, server_sessions):
     options = {"pool_size": 4, "max_overflow": 0, "timeout": 30}
     errors: list[BaseException] = []
-    peak = 0
-    done = threading.Event()
 
     def client() -> None:
         try:
@@ -69,23 +66,10 @@ def test_threads__never_exceed_pool_size(alias, request_cycle, server_sessions):
             for connection in connections.all(initialized_only=True):
                 connection.close()
 
-    def watch() -> None:
-        nonlocal peak
-        while not done.wait(0.02):
-            peak = max(peak, server_sessions(alias))
-
     with override_settings(DJPOOL_OPTIONS={"aliases": {alias: options}}):
         before = djpoolapp.pool_status(alias)[alias]  # counters are per process
         opened_before = before.opened
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        threads = [threading.Thread(target=client) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-        done.set()
-        watcher.join()
+        peak = peak_while([client] * 8, lambda: server_sessions(alias))
         status = djpoolapp.pool_status(alias)[alias]
     assert not errors, errors[:3]
     assert 1 <= peak <= 4

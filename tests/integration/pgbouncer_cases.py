@@ -11,14 +11,13 @@ PgBouncer's server connections, not Django's: what djpoolapp pools are the
 from __future__ import annotations
 
 import re
-import threading
 import time
 from typing import Any
 
 from django.db import connections
 from django.test import override_settings
 
-from tests.conftest import driver_module
+from tests.conftest import driver_module, peak_while
 from tests.integration import POOLER_CASES
 from tests.integration.servers import (
     fresh_pools,
@@ -99,8 +98,6 @@ def test_pgbouncer__threads_never_exceed_pool_size(request_cycle):
     of the test database, and at most 4 of them log in."""
     fresh_pools()
     errors: list[BaseException] = []
-    peak = 0
-    done = threading.Event()
 
     def client() -> None:
         try:
@@ -111,23 +108,10 @@ def test_pgbouncer__threads_never_exceed_pool_size(request_cycle):
             for connection in connections.all(initialized_only=True):
                 connection.close()
 
-    def watch() -> None:
-        nonlocal peak
-        while not done.wait(0.02):
-            peak = max(peak, clients_of_test_database())
-
     options = {"pool_size": 4, "max_overflow": 0, "timeout": 30}
     with override_settings(DJPOOL_OPTIONS={"aliases": {"default": options}}):
         before = logins()
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        threads = [threading.Thread(target=client) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-        done.set()
-        watcher.join()
+        peak = peak_while([client] * 8, clients_of_test_database)
         fresh_pools()
     assert not errors, errors[:3]
     assert 1 <= peak <= 4
