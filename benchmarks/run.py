@@ -162,6 +162,23 @@ def unavailable(strategy: str, database: str) -> str | None:
 _WORKER_PYTHON = sys.executable
 
 
+def runnable(
+    databases: list[str], strategies: list[str], notes: list[str], prefix: str = ""
+) -> list[tuple[str, str]]:
+    """The (database, strategy) pairs that can run here; each one that
+    cannot is noted (``notes``, printed) with :func:`unavailable`'s reason."""
+    plan = []
+    for database in databases:
+        for strategy in strategies:
+            why = unavailable(strategy, database)
+            if why:
+                notes.append(f"{prefix}skipped {strategy} on {database}: {why}")
+                print(notes[-1])
+            else:
+                plan.append((database, strategy))
+    return plan
+
+
 def _worker_import(code: str) -> str:
     """Run *code* in the worker interpreter; its stdout, stripped ("" on error)."""
     done = subprocess.run([_WORKER_PYTHON, "-c", code], capture_output=True,
@@ -303,15 +320,7 @@ def run_contention(args: argparse.Namespace, databases: list[str],
         return []
     runs = []
     chosen = [db for db in databases if db in report.CONTENTION_DATABASES]
-    plan = []
-    for database in chosen:
-        for strategy in args.contention_strategies:
-            why = unavailable(strategy, database)
-            if why:
-                notes.append(f"contention: skipped {strategy} on {database}: {why}")
-                print(notes[-1])
-            else:
-                plan.append((database, strategy))
+    plan = runnable(chosen, args.contention_strategies, notes, "contention: ")
     print(f"contention: {len(plan)} runs of {args.contention_seconds:g} s, "
           f"{args.contention_threads} threads on pool_size="
           f"{args.contention_pool_size}, max_overflow=0, "
@@ -354,15 +363,7 @@ def benchmark(args: argparse.Namespace, choice: servers.Choice) -> int:
     for note in notes:
         print(note)
     configs = [(1, 0)] + [(n, args.pool_size) for n in args.threads if n > 1]
-    plan = []
-    for database in databases:
-        for strategy in args.strategies:
-            why = unavailable(strategy, database)
-            if why:
-                notes.append(f"skipped {strategy} on {database}: {why}")
-                print(notes[-1])
-            else:
-                plan.append((database, strategy))
+    plan = runnable(databases, args.strategies, notes)
     print(f"{len(plan) * len(configs) * args.rounds} runs: {args.rounds} round(s), "
           f"{args.requests} requests each (at most {args.max_seconds:g} s), "
           f"{args.warmup} warm-up requests per thread")  # fmt: skip
