@@ -172,10 +172,11 @@ def _run_pytest(session: nox.Session, driver: str) -> None:
 
 
 #: The default sessions' pytest options: private servers per xdist worker make
-#: the suite safe to run in parallel (2 workers for the 2-core reference
-#: machine; docs/testing.rst has the measurements), random order with the
+#: the suite safe to run in parallel (3 workers on the 2-core reference
+#: machine: most of a test's time is spent waiting on servers, subprocesses
+#: and sleeps; docs/testing.rst has the measurements), random order with the
 #: seed in the header (pytest-randomly), the slowest tests listed.
-TESTS_PYTEST_ARGS = ["-n", "2", "-p", "randomly", "--durations=15"]
+TESTS_PYTEST_ARGS = ["-n", "3", "-p", "randomly", "--durations=15"]
 
 
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
