@@ -25,6 +25,9 @@ Parking, the fast path (issue 12)::
                                  |                         next request)
                                  +--stolen()--> IN_USE     (another thread,
                                  |                         pool otherwise empty)
+    IN_USE --checkin(park), a checkout waiting--> IN_USE   (handed over: the
+                                                  waiter's, still checked out
+                                                  of SQLAlchemy)
                                  +--release_parked()--> IDLE (wrapper or
                                  |                         thread gone, claim
                                  |                         refused)
@@ -38,7 +41,11 @@ connection stays checked out of SQLAlchemy, thread-affine.  The wrapper's
 next ``ensure_connection()`` takes it back (:meth:`claim`) without Django's
 connect bookkeeping and without SQLAlchemy's checkout; any other checkout
 takes a parked connection when nothing is idle (``FairQueue._steal``,
-:meth:`stolen`), and its old wrapper then connects the usual way.  Only a
+:meth:`stolen`), and its old wrapper then connects the usual way.  When a
+checkout is already waiting, the checkin hands the connection straight to
+the longest waiter instead of parking it (``FairQueue.park``): the same
+checks and reset as a parking checkin, but neither SQLAlchemy's checkin nor
+its checkout.  Only a
 connection whose checkin needed no session reset parks (a reset undoes
 Django's own set-up, which the fast path skips).  Every transition to and
 from ``PARKED`` happens under the queue's mutex (``FairQueue.park``,
@@ -465,8 +472,10 @@ class Lease:
 
     def stolen(self) -> None:
         """Under the queue's mutex: another checkout took this parked
-        connection (``FairQueue._steal``).  Its former wrapper's and thread's
-        references stop counting; ``AliasPool.checkout`` hands it out."""
+        connection (``FairQueue._steal``), or a checkin that would have
+        parked it handed it to a waiting checkout (``FairQueue.park``).  Its
+        former wrapper's and thread's references stop counting;
+        ``AliasPool.checkout`` hands it out."""
         self.state = IN_USE
         self.holder = self.owner = None
 

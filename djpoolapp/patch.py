@@ -148,7 +148,10 @@ def _wrap_close(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self)
         finally:
             closing.reset(token)
-            lease.park_wanted = False
+            if lease.held_by(self):
+                # (The checkin clears it; after a hand-over the lease is
+                # another thread's: not touched.)
+                lease.park_wanted = False
             if lease.state is PARKED and lease.held_by(self):
                 self._djpool_park = lease  # taken back by ensure_connection()
                 self._djpool_park_generation = _settings_generation[0]

@@ -275,9 +275,12 @@ class AliasPool(_Entry):
             try:
                 fairy = self.pool.connect()
             except Stolen as stolen:
-                # Nothing idle: a connection parked with another thread
-                # (reset when it parked), checked as SQLAlchemy's pre-ping
-                # hook checks a reused one.
+                # A connection still checked out of SQLAlchemy: parked with
+                # another thread and taken because nothing was idle, or
+                # handed straight to this waiting checkout by a checkin
+                # (FairQueue.park).  Checked in (and reset if need be) when
+                # it parked or was handed over; checked here as SQLAlchemy's
+                # pre-ping hook checks a reused one.
                 lease = stolen.item
                 fairy = lease.fairy
                 try:
@@ -286,7 +289,8 @@ class AliasPool(_Entry):
                     lease.fairy = None
                     fairy.invalidate(e=error)
                     continue  # replaced, as the pre-ping replaces it
-                self.stats.add("steals")
+                if not stolen.handed:
+                    self.stats.add("steals")
             except sa_exc.TimeoutError:
                 raise self._timed_out(wrapper) from None
             except sa_exc.SQLAlchemyError:

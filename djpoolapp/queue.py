@@ -41,21 +41,25 @@ _ABSENT = object()
 
 
 class Stolen(Exception):  # noqa: N818 - a signal, not an error
-    """Raised by :meth:`FairQueue.get` instead of waiting or overflowing: a
-    *parked* item (a connection kept by its thread between requests) was
-    taken from its thread for this checkout.  ``AliasPool.checkout`` catches
-    it and hands ``item`` out; SQLAlchemy's ``_do_get`` lets it pass through
-    untouched (nothing is counted or created before ``get()`` returns)."""
+    """Raised by :meth:`FairQueue.get` with a lease (``item``) that is still
+    checked out of SQLAlchemy, instead of a pool entry: either a *parked*
+    connection (kept by its thread between requests) taken from its thread
+    because nothing was idle, or (``handed``) a connection that a request's
+    checkin handed straight to this waiting checkout (:meth:`FairQueue.park`).
+    ``AliasPool.checkout`` catches it and hands ``item`` out; SQLAlchemy's
+    ``_do_get`` lets it pass through untouched (nothing is counted or created
+    before ``get()`` returns)."""
 
-    def __init__(self, item: Any) -> None:
+    def __init__(self, item: Any, handed: bool = False) -> None:
         super().__init__("a parked connection was taken for this checkout")
         self.item = item
+        self.handed = handed
 
 
 class _Waiter:
     """One blocked ``get()``: the item handed to it, and how to wake it."""
 
-    __slots__ = ("condition", "item", "served")
+    __slots__ = ("condition", "item", "served", "handed")
 
     def __init__(self, mutex: threading.RLock) -> None:
         # One condition per waiter, all on the queue's mutex: put() wakes
@@ -63,6 +67,9 @@ class _Waiter:
         self.condition = threading.Condition(mutex)
         self.item: Any = None
         self.served = False
+        #: The item is a lease handed over by :meth:`FairQueue.park` (still
+        #: checked out of SQLAlchemy), not a pool entry.
+        self.handed = False
 
 
 class FairQueue(QueueCommon[_T], Generic[_T]):
@@ -144,22 +151,54 @@ class FairQueue(QueueCommon[_T], Generic[_T]):
 
     # -- park (the fast path: a connection stays with its thread) ------------
     def park(self, item: Any) -> bool:
-        """Keep *item* (a lease, state ``IN_USE``) with its thread instead of
-        returning it; True if it is now ``PARKED``.
+        """Keep *item* (a lease, state ``IN_USE``, checked out of SQLAlchemy)
+        with its thread instead of returning it, or hand it straight to the
+        longest-waiting getter.  True: it is now ``PARKED``, or ``IN_USE`` by
+        that getter (handed over: its ``get()`` raises ``Stolen(item,
+        handed=True)``; the caller must not touch it any more).
 
-        Refused (False: return it the usual way) when a getter waits (it is
-        owed the next connection: FIFO hand-off), when an item is idle (idle
-        connections are used first, in turn, each checked at its checkout:
-        a thread keeps one only while the pool has no other to give), when
+        A getter that waits is owed the next connection (FIFO hand-off, as
+        :meth:`put`): it gets this one directly, still checked out, so neither
+        SQLAlchemy's checkin nor its checkout runs for it.  Otherwise refused
+        (False: return it the usual way) when an item is idle (idle
+        connections are used first, in turn, each checked at its checkout: a
+        thread keeps one only while the pool has no other to give), when
         parked items fill ``maxsize`` (an overflow connection is closed on
         return, as before) or once the pool is disposed.
         """
         with self.mutex:
-            if not self.parking or self._waiters or self._idle or self._full():
+            if not self.parking:
+                return False
+            if self._waiters:
+                self._hand_over(item)
+                return True
+            if self._idle or self._full():
                 return False
             self._parked[item] = None
             item.state = _PARKED
             return True
+
+    def _hand_over(self, item: Any) -> None:
+        """Under the mutex, a getter waiting: give it *item*, a lease still
+        checked out of SQLAlchemy (its former holder's references stop
+        counting: ``Lease.stolen``)."""
+        waiter = self._waiters.popleft()
+        item.stolen()
+        waiter.item = item
+        waiter.handed = waiter.served = True
+        waiter.condition.notify()
+
+    def _pass_on_handed(self, item: Any) -> None:
+        """Under the mutex: a getter handed *item* was interrupted before it
+        could use it.  The next waiter gets it; with none, it goes back to
+        the pool (``Lease.release_parked``: SQLAlchemy's checkin, which
+        re-enters :meth:`put` under this reentrant mutex)."""
+        if self._waiters:
+            self._hand_over(item)
+            return
+        self._parked[item] = None
+        item.state = _PARKED
+        item.release_parked()
 
     def unpark(self, item: Any) -> bool:
         """Take *item* out of the parked set (its thread takes it back, or
@@ -275,12 +314,16 @@ class FairQueue(QueueCommon[_T], Generic[_T]):
                 waiter.condition.wait(remaining)
         except BaseException:
             # Interrupted: never strand an item that was handed to us.
-            if waiter.served:  # (past maxsize if need be: QueuePool trims it)
+            if waiter.handed:
+                self._pass_on_handed(waiter.item)
+            elif waiter.served:  # (past maxsize if need be: QueuePool trims it)
                 if not self._hand_off(waiter.item):
                     self._idle.append(waiter.item)
             else:
                 self._waiters.remove(waiter)
             raise
+        if waiter.handed:  # a lease, still checked out (park())
+            raise Stolen(waiter.item, handed=True)
         if waiter.served:  # also when served just as the timeout expired
             return waiter.item  # type: ignore[no-any-return]
         self._waiters.remove(waiter)

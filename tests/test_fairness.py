@@ -240,6 +240,111 @@ def test_queue__interrupted_waiter_passes_its_item_on(monkeypatch):
     assert queue.qsize() == 1 and queue.waiting() == 0
 
 
+class FakeLease:
+    """What FairQueue.park needs of a lease: its state, ``stolen()`` and
+    ``release_parked()`` (which returns it to the queue as an entry)."""
+
+    def __init__(self, queue: FairQueue[Any], name: str) -> None:
+        self.queue, self.name, self.state = queue, name, "in use"
+        self.stolen_count = 0
+        self.released = False
+
+    def stolen(self) -> None:
+        self.state = "in use"
+        self.stolen_count += 1
+
+    def release_parked(self) -> None:
+        assert self.queue.unpark(self)
+        self.released = True
+        self.queue.put(f"entry of {self.name}", False)
+
+
+def test_queue__park_hands_the_lease_to_the_longest_waiter():
+    """A checkin that would park hands the lease straight to the oldest
+    waiting getter, whose get() raises Stolen(handed=True) with it: it never
+    becomes idle or parked, and later waiters keep waiting in order."""
+    queue: FairQueue[Any] = FairQueue(2)
+    results: list[Any] = []
+
+    def getter(tag: str) -> None:
+        try:
+            results.append((tag, queue.get(True, 10)))
+        except fair.Stolen as stolen:
+            results.append((tag, stolen.item, stolen.handed))
+
+    first = start(getter, "first")
+    wait_until(lambda: queue.waiting() == 1)
+    second = start(getter, "second")
+    wait_until(lambda: queue.waiting() == 2)
+    lease = FakeLease(queue, "a")
+    assert queue.park(lease) is True
+    first.join(10)
+    assert results == [("first", lease, True)]
+    assert lease.stolen_count == 1 and lease.state == "in use"
+    assert queue.parked() == 0 and queue.qsize() == 0 and queue.waiting() == 1
+    # Nobody else waits: the next one parks, and the waiter left steals
+    # nothing until it is its turn (a plain put serves it).
+    queue.put("entry", False)
+    second.join(10)
+    assert results[1] == ("second", "entry")
+    assert queue.park(FakeLease(queue, "b")) is True and queue.parked() == 1
+
+
+def test_queue__interrupted_waiter_passes_a_handed_lease_on(monkeypatch):
+    """KeyboardInterrupt in a getter that was just handed a lease: the next
+    waiter gets the lease; with none, it goes back to the pool
+    (release_parked), never stranded."""
+    queue: FairQueue[Any] = FairQueue(2)
+    interrupted: list[BaseException] = []
+
+    class InterruptedCondition(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            super().wait(timeout)
+            raise KeyboardInterrupt
+
+    class Interrupted(fair._Waiter):
+        def __init__(self, mutex: Any) -> None:
+            super().__init__(mutex)
+            self.condition = InterruptedCondition(mutex)
+
+    def victim_get() -> None:
+        try:
+            queue.get(True, 10)
+        except KeyboardInterrupt as error:
+            interrupted.append(error)
+
+    monkeypatch.setattr(fair, "_Waiter", Interrupted)
+    victim = start(victim_get)
+    wait_until(lambda: queue.waiting() == 1)
+    monkeypatch.undo()
+    got: list[Any] = []
+
+    def patient() -> None:
+        try:
+            queue.get(True, 10)
+        except fair.Stolen as stolen:
+            got.append(stolen.item)
+
+    second = start(patient)
+    wait_until(lambda: queue.waiting() == 2)
+    lease = FakeLease(queue, "a")
+    assert queue.park(lease)
+    victim.join(10)
+    second.join(10)
+    assert len(interrupted) == 1 and got == [lease]
+    assert lease.stolen_count == 2 and not lease.released
+    # ... and with nobody else waiting it goes back to the pool as an entry.
+    monkeypatch.setattr(fair, "_Waiter", Interrupted)
+    victim = start(victim_get)
+    wait_until(lambda: queue.waiting() == 1)
+    other = FakeLease(queue, "b")
+    assert queue.park(other)
+    victim.join(10)
+    assert len(interrupted) == 2 and other.released
+    assert queue.get(False) == "entry of b"
+    assert queue.parked() == 0 and queue.waiting() == 0
+
+
 def test_queue__reentrant_put_inside_get():
     """SQLAlchemy's reason for a reentrant mutex: a garbage-collected checkout
     returns its connection from within get() in the same thread."""

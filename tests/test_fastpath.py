@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from django.db import close_old_connections, connections
 from django.test import override_settings
+from sqlalchemy import event
 
 import djpoolapp
 from djpoolapp.lease import CLOSED, IDLE, PARKED
@@ -102,6 +104,65 @@ def test_fastpath__threads_take_turns_on_one_connection(alias, request_cycle):
             assert in_thread(work, timeout=30) == {mine}
             assert session_of(request_cycle, alias) == mine
         assert registry.stats(alias).timeouts == timeouts
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__checkin_hands_connection_to_the_waiting_thread(alias, request_cycle):
+    """While a checkout waits, the request that ends hands its connection
+    to it directly (FairQueue.park): same server session, the rows of the
+    ended request's open transaction rolled back, and neither SQLAlchemy's
+    checkin nor its checkout event fires."""
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: ONE}}):
+        connection = connections[alias]
+        with connection.cursor() as cursor:
+            cursor.execute(SESSION_SQL[connection.vendor])
+            (mine,) = cursor.fetchone()
+            cursor.execute("BEGIN")
+            cursor.execute(
+                "INSERT INTO testapp_item (name, value, created) "
+                "VALUES ('uncommitted', 1, CURRENT_TIMESTAMP)"
+            )
+        (pool,) = registry.pools(alias)
+        events: list[str] = []
+        for name in ("checkin", "checkout"):
+            event.listen(pool.pool, name, lambda *a, name=name: events.append(name))
+        steals = pool.stats.steals
+        seen: list[tuple[int, int]] = []
+
+        def waiter() -> None:
+            with connections[alias].cursor() as cursor:
+                cursor.execute(SESSION_SQL[connections[alias].vendor])
+                (session,) = cursor.fetchone()
+                cursor.execute(
+                    "SELECT COUNT(*) FROM testapp_item WHERE name = 'uncommitted'"
+                )
+                (count,) = cursor.fetchone()
+            seen.append((int(session), int(count)))
+            done.wait(30)
+            close_old_connections()
+
+        done = threading.Event()
+        thread = threading.Thread(target=waiter, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while pool.queue.waiting() != 1:  # it waits: the only connection is here
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.005)
+        close_old_connections()  # this request ends: hand-over
+        deadline = time.monotonic() + 30
+        while not seen:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.005)
+        assert seen == [(mine, 0)]
+        assert events == []  # no SQLAlchemy checkin or checkout in between
+        assert pool.stats.steals == steals  # a hand-over, not a steal
+        assert connection._djpool_park is None  # it went to the waiter
+        done.set()
+        thread.join(30)
+        # The waiter's thread ended: its parked connection went back to the
+        # queue (one SQLAlchemy checkin), where this thread finds it.
+        assert session_of(request_cycle, alias) == mine
+        assert events[0] == "checkin"
 
 
 @pytest.mark.parametrize("alias", ALIASES)
