@@ -149,6 +149,7 @@ class Lease:
         "in_setup",
         "fresh",
         "park_wanted",
+        "set_up_for",
         "serial",
         "orphans",
         "__weakref__",
@@ -187,6 +188,13 @@ class Lease:
         #: Set by Django's close of this checkout (patch.py) when the
         #: wrapper may keep the connection parked; read by the checkin.
         self.park_wanted = False
+        #: ``(settings, generation)``: Django's set-up of this session was
+        #: done for a Django connection whose settings equal *settings* (the
+        #: pool's ``settings_seen`` object then) in settings generation
+        #: *generation* (patch.py), and nothing undid it since; None: not
+        #: set up, or reset.  Another Django connection with those settings
+        #: may take it without its own set-up (patch.py, ``_take``).
+        self.set_up_for: Any = None
         #: Number of this checkout, bumped by every checkin: a cursor records
         #: the number it was created under (:meth:`track_cursor`), so a
         #: cursor of an ended checkout is known.
@@ -375,6 +383,11 @@ class Lease:
                 if driver.in_transaction(conn) is not False:
                     driver.end_transaction(conn)
                 reset = self._reset_needed(pool.reset_session)
+                if reset is not None or pool.reset_session != "auto":
+                    # Reset (Django's set-up is undone), or kept as the
+                    # request left it (reset_session=False): only Django's
+                    # own connect() may hand it to another Django connection.
+                    self.set_up_for = None
                 if reset is _RESET:
                     park = False  # Django's set-up is undone: it must run again
                     with bounded(conn, "session reset"):
@@ -418,6 +431,13 @@ class Lease:
             )
         if connection_checked_in.receivers or logger.isEnabledFor(logging.DEBUG):
             pool._announce_checkin(conn, reason)
+
+    def give_back(self) -> None:
+        """A checkout Django never used (its ``connect()`` failed before
+        taking the connection, or another pool was selected): returned as a
+        checkin returns it."""
+        if self.state is IN_USE:
+            self._return(None)
 
     def _reset_needed(self, mode: Any) -> object:
         """What this checkin must reset (``reset_session``): _RESET (the

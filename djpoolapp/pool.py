@@ -419,8 +419,22 @@ class Registry:
     def connect(
         self, wrapper: Any, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """``Database.connect()`` for the Django connection *wrapper*."""
+        """``Database.connect()`` for the Django connection *wrapper*.
+
+        A connection its ``ensure_connection()`` already checked out
+        (``_djpool_pending``, patch.py) is the one returned, if it comes from
+        the pool these arguments select; otherwise it goes back."""
         entry = self._entries.get(wrapper.alias)
+        pending = wrapper.__dict__.get("_djpool_pending")
+        if pending is not None:
+            wrapper._djpool_pending = None
+            if (
+                entry is pending._djpool_pool
+                and entry.matches(kwargs, wrapper.settings_dict["OPTIONS"])
+                and not entry.retired
+            ):
+                return pending
+            pending._djpool_lease.give_back()
         if entry is None or not entry.matches(kwargs, wrapper.settings_dict["OPTIONS"]):
             if args:
                 return module.connect(*args, **kwargs)
@@ -456,6 +470,11 @@ class Registry:
                 current.retire()
             self._entries[alias] = entry
             return entry
+
+    def pool_of(self, alias: str) -> AliasPool | None:
+        """The alias's current pool, if it is pooled."""
+        entry = self._entries.get(alias)
+        return entry if isinstance(entry, AliasPool) else None
 
     def pools(self, alias: str | None = None) -> list[AliasPool]:
         """The live pools, of one alias or all."""

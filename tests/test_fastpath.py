@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import close_old_connections, connections
+from django.db import close_old_connections, connections, transaction
 from django.test import override_settings
 from sqlalchemy import event
 
@@ -25,6 +25,7 @@ from djpoolapp.lease import CLOSED, IDLE, PARKED
 from djpoolapp.pool import registry
 from tests.conftest import ALIASES
 from tests.test_transparency import in_thread
+from tests.testapp.models import Item
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases="__all__"),
@@ -163,6 +164,126 @@ def test_fastpath__checkin_hands_connection_to_the_waiting_thread(alias, request
         # queue (one SQLAlchemy checkin), where this thread finds it.
         assert session_of(request_cycle, alias) == mine
         assert events[0] == "checkin"
+
+
+def counting_set_up(monkeypatch: pytest.MonkeyPatch, alias: str) -> list[str]:
+    """Count Django's per-connect set-up (``init_connection_state()``, as
+    patched by djpoolapp) of *alias*'s backend, in every thread."""
+    klass = type(connections[alias])
+    patched = klass.init_connection_state
+    calls: list[str] = []
+
+    def counted(self: Any) -> Any:
+        calls.append(threading.current_thread().name)
+        return patched(self)
+
+    monkeypatch.setattr(klass, "init_connection_state", counted)
+    return calls
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__new_thread_takes_a_set_up_connection_without_connect(
+    alias, monkeypatch
+):
+    """A thread whose Django connection never connected takes the
+    connection another thread set up and parked (the pool has no other)
+    without Django's connect(): its wrapper is as connect() leaves it
+    (autocommit on, so atomic() opens a transaction and rolls it back),
+    and the server session is the same."""
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: ONE}}):
+        connection = connections[alias]
+        with connection.cursor() as cursor:
+            cursor.execute(SESSION_SQL[connection.vendor])
+            (mine,) = cursor.fetchone()
+        close_old_connections()
+        parked_lease(alias)
+        set_ups = counting_set_up(monkeypatch, alias)
+
+        def fresh_thread() -> tuple[int, bool, int]:
+            theirs = connections[alias]
+            with theirs.cursor() as cursor:
+                cursor.execute(SESSION_SQL[theirs.vendor])
+                (session,) = cursor.fetchone()
+            autocommit = theirs.get_autocommit()
+            try:
+                with transaction.atomic(using=alias):
+                    Item.objects.using(alias).create(name="undone", value=1)
+                    raise RuntimeError("roll back")
+            except RuntimeError:
+                pass
+            Item.objects.using(alias).create(name="kept", value=1)
+            return (
+                int(session),
+                autocommit,
+                set_ups.count(threading.current_thread().name),
+            )
+
+        assert in_thread(fresh_thread, timeout=30) == (mine, True, 0)
+        names = set(Item.objects.using(alias).values_list("name", flat=True))
+        assert names == {"kept"}
+
+
+@pytest.mark.postgres
+def test_fastpath__reset_connection_is_set_up_again_by_the_next_thread(monkeypatch):
+    """A session the request changed is reset at its checkin (which undoes
+    Django's own set-up: the time zone); the next Django connection to take
+    it runs Django's connect() again, so it gets the time zone Django sets."""
+    alias = "default"
+    with override_settings(
+        DJPOOL_OPTIONS={"aliases": {alias: ONE}},
+        USE_TZ=False,
+        TIME_ZONE="America/Chicago",
+    ):
+        connection = connections[alias]
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW TIME ZONE")
+            assert cursor.fetchone()[0] == "America/Chicago"
+            cursor.execute("SELECT set_config('djpool.leak', 'yes', false)")
+        close_old_connections()  # changed: reset (RESET ALL) and returned
+        assert connection._djpool_park is None
+        set_ups = counting_set_up(monkeypatch, alias)
+
+        def next_request() -> tuple[str, str]:
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SHOW TIME ZONE")
+                (zone,) = cursor.fetchone()
+                cursor.execute("SELECT current_setting('djpool.leak', true)")
+                (leak,) = cursor.fetchone()
+            return zone, leak or ""
+
+        assert in_thread(next_request, timeout=30) == ("America/Chicago", "")
+        assert len(set_ups) == 1  # Django's set-up ran for it
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__connection_checked_out_for_a_failed_connect_goes_back(
+    alias, monkeypatch
+):
+    """ensure_connection() checks a connection out for Django's connect() to
+    set up; when connect() fails before taking it, the connection goes back
+    to the pool (not stranded checked out)."""
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: ONE}}):
+        connection = connections[alias]
+        connection.ensure_connection()
+        close_old_connections()
+        lease = parked_lease(alias)
+        connection._djpool_park = None
+        lease.release_parked()  # idle in the queue, set up
+        lease.set_up_for = None  # as after a reset: Django's connect() must run
+
+        def refuse(self: Any) -> None:
+            raise RuntimeError("check_settings refused")
+
+        monkeypatch.setattr(type(connection), "check_settings", refuse)
+        with pytest.raises(RuntimeError, match="check_settings refused"):
+            connection.ensure_connection()
+        assert connection.connection is None
+        assert connection._djpool_pending is None
+        status = djpoolapp.pool_status(alias)[alias]
+        assert (status.checked_out, status.idle) == (0, 1)
+        monkeypatch.undo()
+        connection.ensure_connection()  # and it is handed out again
+        assert connection.connection is lease.conn
 
 
 @pytest.mark.parametrize("alias", ALIASES)
