@@ -139,8 +139,8 @@ def _requests(
     return statistics.median(times)
 
 
-#: persistent: stock Django, CONN_MAX_AGE=None; no-park: djpoolapp as
-#: shipped (``park`` off by default); djpoolapp: with ``park=True``.
+#: persistent: stock Django, CONN_MAX_AGE=None; no-park: djpoolapp with
+#: ``park=False`` (as before issue 12); djpoolapp: as shipped (``park=True``).
 MODES = ("persistent", "no-park", "djpoolapp")
 
 

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 STRATEGIES = (
-    "none", "persistent", "native", "dbcp", "djpoolapp", "djpoolapp-park", "djpoolapp-tx",
+    "none", "persistent", "native", "dbcp", "djpoolapp", "djpoolapp-nopark", "djpoolapp-tx",
 )  # fmt: skip
-#: djpoolapp as shipped, with ``park=True`` (the fast path, issue 12) and
-#: with ``pool_mode="transaction"`` (issue 13); the targets apply to each.
-POOLED = ("djpoolapp", "djpoolapp-park", "djpoolapp-tx")
+#: djpoolapp as shipped (``park=True``, the fast path of issue 12), without
+#: the fast path (``park=False``, as before it) and with
+#: ``pool_mode="transaction"`` (issue 13).
+POOLED = ("djpoolapp", "djpoolapp-nopark", "djpoolapp-tx")
 DATABASES = ("postgres", "postgres-tls", "mysql")
 #: The contention scenario (contention.py): "barging" is djpoolapp with
 #: SQLAlchemy's own queue, as it was before issue 12.
@@ -41,7 +42,7 @@ REFERENCE_DJANGO = "6.1"
 COLOURS = {
     "none": "#b0b0b0", "persistent": "#4c72b0", "native": "#dd8452",
     "dbcp": "#937860", "barging": "#c44e52", "djpoolapp": "#55a868",
-    "djpoolapp-park": "#8172b3", "djpoolapp-tx": "#64b5cd",
+    "djpoolapp-nopark": "#8172b3", "djpoolapp-tx": "#64b5cd",
 }  # fmt: skip
 TITLES = {
     "postgres": "PostgreSQL, TCP without TLS (sslmode=disable)",

@@ -9,8 +9,8 @@ request, ``CONN_MAX_AGE = 0`` unless stated):
                 connection that never leaves;
 ``native``      Django's own psycopg pool (``OPTIONS["pool"]``; psycopg 3 only);
 ``dbcp``        django-db-connection-pool (its ENGINE swap), default options;
-``djpoolapp``   this app, default options;
-``djpoolapp-park``  this app with ``park=True`` (the fast path, issue 12);
+``djpoolapp``   this app, default options (the fast path, ``park=True``);
+``djpoolapp-nopark``  this app with ``park=False`` (as before issue 12);
 ``djpoolapp-tx``    this app with ``pool_mode="transaction"`` (issue 13).
 
 on PostgreSQL without TLS, PostgreSQL over TLS (turned on in the private

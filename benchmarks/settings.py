@@ -31,7 +31,7 @@ TIMEOUT = float(os.environ.get("DJPOOL_BENCH_TIMEOUT", "0"))
 DJPOOLAPP_STRATEGIES: dict[str, dict[str, object]] = {
     "djpoolapp": {},
     "barging": {},
-    "djpoolapp-park": {"park": True},  # the fast path (issue 12)
+    "djpoolapp-nopark": {"park": False},  # without the fast path (issue 12)
     "djpoolapp-tx": {"pool_mode": "transaction"},  # issue 13
 }
 #: Marks this worker's sessions on PostgreSQL (pg_stat_activity).

@@ -190,12 +190,14 @@ OPTIONS: dict[str, Option] = {
     ),
     "park": Option(
         (bool,),
-        False,
+        True,
         "True or False",
-        help="Fast path (experimental, request mode only): between requests a "
-        "clean connection stays parked with its Django connection, which takes "
-        "it back without Django's connect() set-up; another thread takes it "
-        "when nothing else is idle. See docs/how_it_works.rst.",
+        help="Fast path (request mode only): between requests a clean "
+        "connection stays parked with its Django connection, which takes it "
+        "back without Django's connect() set-up; another thread takes it when "
+        "nothing else is idle, and a waiting checkout is handed one Django "
+        "already set up. False: every request pays Django's connect() and "
+        "SQLAlchemy's checkout. See docs/how_it_works.rst.",
     ),
 }
 

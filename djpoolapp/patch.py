@@ -294,13 +294,14 @@ def _wrap_ensure_connection(
     ``Registry.connect``)."""
     own = klass is None or "ensure_connection" in klass.__dict__
     cls: Any = klass
-    monotonic = time.monotonic
+    monotonic, perf_counter = time.monotonic, time.perf_counter
     debug, DEBUG = logger.isEnabledFor, logging.DEBUG
 
     def ensure_connection(self: Any) -> Any:
         lease = self._djpool_park
         if lease is not None:
             self._djpool_park = None
+            started = perf_counter()
             if (
                 self.connection is None
                 and self.settings_dict == lease.pool.settings_seen
@@ -308,6 +309,9 @@ def _wrap_ensure_connection(
                 and lease.claim(self)
             ):
                 _take(self, lease, monotonic)
+                # A checkout for the statistics and metrics, as the one
+                # Django's connect() would have made.
+                lease.pool.stats.add_checkout_time(perf_counter() - started)
                 if connection_checked_out.receivers or debug(DEBUG):
                     lease.pool._announce_checkout(lease.conn, 0.0)
             else:  # taken, closed, or settings changed: connect anew

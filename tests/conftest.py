@@ -535,8 +535,9 @@ ALIASES = [
 
 @pytest.fixture
 def parking(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every pool of the test parks (``park=True``, off by default; the fast
-    path of docs/how_it_works.rst), whatever DJPOOL_OPTIONS the test sets."""
+    """Every pool of the test parks (``park=True``, the default; the fast
+    path of docs/how_it_works.rst), whatever DJPOOL_OPTIONS the test sets
+    or ``DJPOOL_PARK`` says."""
     from djpoolapp import pool
 
     monkeypatch.setattr(pool, "PARK_OVERRIDE", True)

@@ -29,7 +29,7 @@ from tests.testapp.models import Item
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases="__all__"),
-    pytest.mark.usefixtures("parking"),  # park=True (off by default)
+    pytest.mark.usefixtures("parking"),  # park=True, whatever DJPOOL_PARK says
 ]
 
 #: One connection: every second thread must take the parked one or wait.
@@ -59,10 +59,15 @@ def test_fastpath__same_session_without_a_checkout(alias, request_cycle):
     lease = parked_lease(alias)
     (pool,) = registry.pools(alias)
     checkouts = pool.stats.checkouts
+    events: list[str] = []
+    for name in ("checkin", "checkout"):
+        event.listen(pool.pool, name, lambda *a, name=name: events.append(name))
     sessions = {session_of(request_cycle, alias) for _ in range(50)}
     assert sessions == {first}
-    # Each request took its parked connection back: no SQLAlchemy checkout.
-    assert pool.stats.checkouts == checkouts
+    # Each request took its parked connection back: no SQLAlchemy checkout
+    # or checkin, but one checkout in the pool's statistics and metrics.
+    assert events == []
+    assert pool.stats.checkouts == checkouts + 50
     assert parked_lease(alias) is lease
     assert connections[alias].connection is None  # as stock Django between requests
     status = djpoolapp.pool_status(alias)[alias]

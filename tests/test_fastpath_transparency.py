@@ -19,7 +19,7 @@ from tests.testapp.models import Item
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases="__all__"),
-    pytest.mark.usefixtures("parking"),  # park=True (off by default)
+    pytest.mark.usefixtures("parking"),  # park=True, whatever DJPOOL_PARK says
 ]
 
 ONE = {"pool_size": 1, "max_overflow": 0, "timeout": 10}

@@ -40,7 +40,13 @@ def test_idle_connections__killed_by_the_server_are_replaced(
     ping_after_idle=3600 no ping is due: the dead connections must be found
     by the pool's cheap socket check alone."""
     with pool_options(
-        alias, pool_size=4, max_overflow=0, ping_after_idle=ping_after_idle
+        # park=False: the requests take the idle connections in turn (a
+        # parked connection's death: test_fastpath.py)
+        alias,
+        pool_size=4,
+        max_overflow=0,
+        ping_after_idle=ping_after_idle,
+        park=False,
     ):
         killed = park_idle(alias, 4)
         assert len(set(killed)) == 4

@@ -47,7 +47,7 @@ def test_defaults__are_the_contracts():
         "reset_session": "auto",
         "pool_mode": "request",
         "use_lifo": False,
-        "park": False,
+        "park": True,
     }
 
 
