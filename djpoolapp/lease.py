@@ -38,7 +38,7 @@ connection with its Django wrapper instead of returning it to SQLAlchemy's
 queue: everything a checkin does (cursors closed, transaction ended, no
 session change left, no reason to discard it) has been done, but the
 connection stays checked out of SQLAlchemy, thread-affine.  The wrapper's
-next ``ensure_connection()`` takes it back (:meth:`claim`) without Django's
+next ``connect()`` takes it back (:meth:`claim`) without Django's
 connect bookkeeping and without SQLAlchemy's checkout; any other checkout
 takes a parked connection when nothing is idle (``FairQueue._steal``,
 :meth:`stolen`), and its old wrapper then connects the usual way.  When a
@@ -150,6 +150,7 @@ class Lease:
         "fresh",
         "park_wanted",
         "set_up_for",
+        "set_up_attributes",
         "serial",
         "orphans",
         "__weakref__",
@@ -195,6 +196,9 @@ class Lease:
         #: set up, or reset.  Another Django connection with those settings
         #: may take it without its own set-up (patch.py, ``_take``).
         self.set_up_for: Any = None
+        #: What Django's set-up put on the wrapper itself (patch.py,
+        #: ``CONNECT_ATTRIBUTES``), for a wrapper that takes it set up.
+        self.set_up_attributes: dict[str, Any] = {}
         #: Number of this checkout, bumped by every checkin: a cursor records
         #: the number it was created under (:meth:`track_cursor`), so a
         #: cursor of an ended checkout is known.
@@ -479,11 +483,16 @@ class Lease:
             return False
         try:
             self.check_on_checkout(time.monotonic())
-        except sa_exc.DisconnectionError as error:
+        except BaseException as error:
+            # A dead one is replaced; an interrupt (KeyboardInterrupt,
+            # gevent.Timeout) in the middle of the check leaves the session
+            # in an unknown state: closed too, then re-raised.
             fairy = self.fairy
             self.fairy = self.holder = self.owner = None
             fairy.invalidate(e=error)
-            return False
+            if isinstance(error, sa_exc.DisconnectionError):
+                return False
+            raise
         owner = self.owner
         token = _current_owner()
         if owner is None or owner() is not token:

@@ -153,7 +153,7 @@ def _wrap_close(original: Callable[..., Any]) -> Callable[..., Any]:
                 # another thread's: not touched.)
                 lease.park_wanted = False
             if lease.state is PARKED and lease.held_by(self):
-                self._djpool_park = lease  # taken back by ensure_connection()
+                self._djpool_park = lease  # taken back by connect()
                 self._djpool_park_generation = _settings_generation[0]
 
     _close._djpool_patched = True  # type: ignore[attr-defined]
@@ -204,11 +204,39 @@ def _parkable(klass: type) -> bool:
     return parkable
 
 
+#: The ``DatabaseWrapper`` methods of Django's ``connect()`` that the fast
+#: path skips: a backend that overrides one of them outside Django's own
+#: backends (a connection counter, IAM tokens, a tenant's ``SET``) does not
+#: park, so the override runs at every request as without the app.
+CONNECT_PATH = (
+    "connect",
+    "check_settings",
+    "get_connection_params",
+    "get_new_connection",
+    "set_autocommit",
+    "_set_autocommit",
+    "init_connection_state",
+)
+_DJANGO_BACKENDS = ("django.db.backends.", "django.contrib.gis.db.backends.")
+
+
+def _defined_by_django(klass: type, name: str) -> bool:
+    """Whether *klass*'s method *name* is Django's own (djpoolapp's wrappers
+    looked through)."""
+    for k in klass.__mro__:
+        function = k.__dict__.get(name)
+        if function is None:
+            continue
+        while getattr(function, "_djpool_patched", False):
+            function = getattr(function, "__wrapped__", None)
+        if function is None:
+            continue  # a wrapper of ours around an inherited method
+        return str(getattr(function, "__module__", "")).startswith(_DJANGO_BACKENDS)
+    return False
+
+
 def _parkable_now(klass: type) -> bool:
-    owner = next(
-        (k for k in klass.__mro__ if "init_connection_state" in k.__dict__), None
-    )
-    if owner is None or not owner.__module__.startswith("django.db.backends."):
+    if not all(_defined_by_django(klass, name) for name in CONNECT_PATH):
         return False
     try:
         live: Any = connection_created._live_receivers(klass)
@@ -244,6 +272,8 @@ def _take(wrapper: Any, lease: Any, monotonic: Callable[[], float]) -> None:
     wrapper.health_check_done = True
     wrapper.autocommit = settings_dict["AUTOCOMMIT"]  # (True: a condition to park)
     lease.fresh = False
+    for name, value in lease.set_up_attributes.items():
+        setattr(wrapper, name, value)
     wrapper.connection = lease.conn
     wrapper.run_on_commit = []
 
@@ -260,7 +290,6 @@ def _adoptable(wrapper: Any) -> Any:
         or pool.retired
         or not wrapper.settings_dict["AUTOCOMMIT"]
         or wrapper.settings_dict != pool.settings_seen
-        or not _parkable(type(wrapper))
     ):
         return None
     return pool
@@ -277,34 +306,64 @@ def set_up_mark(lease: Any, wrapper: Any) -> None:
         if seen is not None and wrapper.settings_dict == seen
         else None
     )
+    found = wrapper.__dict__
+    lease.set_up_attributes = {
+        name: found[name] for name in CONNECT_ATTRIBUTES if name in found
+    }
 
 
-def _wrap_ensure_connection(
-    original: Callable[..., Any], klass: type | None = None
-) -> Callable[..., Any]:
-    """The fast path: take back the connection this wrapper parked, else
-    check one out here and, when Django already set it up for the same
-    settings (handed over by a checkin while this checkout waited, or taken
-    from another thread's parking), use it without Django's ``connect()``;
-    then run the inherited ``ensure_connection()``, looked up at call time
-    (a no-op once connected; Django's test cases and pytest-django swap
-    ``BaseDatabaseWrapper``'s to guard database access, and their guards
-    still run).  A checked-out connection that is not set up goes to
-    Django's own ``connect()`` (``_djpool_pending``, taken by
-    ``Registry.connect``)."""
-    own = klass is None or "ensure_connection" in klass.__dict__
+#: What Django's ``connect()`` path sets on the wrapper itself (PostgreSQL's
+#: ``get_new_connection()``, MySQL's ``get_connection_params()``): given to a
+#: wrapper that takes a connection another wrapper set up (``_take``).
+CONNECT_ATTRIBUTES = ("isolation_level",)
+
+
+def _wrap_connect(original: Callable[..., Any], klass: type) -> Callable[..., Any]:
+    """The fast path, in Django's ``connect()`` (so that everything Django
+    checks before connecting still runs first: ``ensure_connection()``'s
+    ``async_unsafe`` check and its "Cannot open a new connection in an atomic
+    block", pytest-django's blocker, ``SimpleTestCase``'s refused
+    connections).  Take back the connection this wrapper parked, else check
+    one out here and, when Django already set it up for the same settings
+    (handed over by a checkin while this checkout waited, taken from another
+    thread's parking, or idle), use it without the rest of ``connect()``.  A
+    checked-out connection that is not set up goes to Django's own
+    ``connect()`` (``_djpool_pending``, taken by ``Registry.connect``).  The
+    inherited ``connect()`` is looked up at call time (``pool_mode=
+    "transaction"`` wraps ``BaseDatabaseWrapper``'s)."""
+    own = "connect" in klass.__dict__
     cls: Any = klass
     monotonic, perf_counter = time.monotonic, time.perf_counter
     debug, DEBUG = logger.isEnabledFor, logging.DEBUG
 
-    def ensure_connection(self: Any) -> Any:
-        lease = self._djpool_park
+    def connect(self: Any) -> Any:
+        found = self.__dict__
+        if (
+            self.connection is None
+            and found.get("_djpool_pending") is None  # (an outer wrapper ran)
+            and _installed  # (a bound method kept past uninstall())
+            and _parkable(type(self))
+            and _fast_connect(self)
+        ):
+            return None
+        try:
+            if own:
+                return original(self)
+            return super(cls, self).connect()
+        finally:
+            pending = found.get("_djpool_pending")
+            if pending is not None:  # connect() failed before taking it
+                self._djpool_pending = None
+                pending._djpool_lease.give_back()
+
+    def _fast_connect(self: Any) -> bool:
+        """True: *self* is connected (Django's set-up skipped)."""
+        lease = self.__dict__.get("_djpool_park")
         if lease is not None:
             self._djpool_park = None
             started = perf_counter()
             if (
-                self.connection is None
-                and self.settings_dict == lease.pool.settings_seen
+                self.settings_dict == lease.pool.settings_seen
                 and self._djpool_park_generation == _settings_generation[0]
                 and lease.claim(self)
             ):
@@ -314,38 +373,29 @@ def _wrap_ensure_connection(
                 lease.pool.stats.add_checkout_time(perf_counter() - started)
                 if connection_checked_out.receivers or debug(DEBUG):
                     lease.pool._announce_checkout(lease.conn, 0.0)
-            else:  # taken, closed, or settings changed: connect anew
-                lease.release_parked()
-        if self.connection is None:
-            pool = _adoptable(self)
-            if pool is not None:
-                with self.wrap_database_errors:
-                    conn = pool.checkout(self)
-                lease = conn._djpool_lease
-                if (
-                    lease.set_up_for is not None
-                    and lease.set_up_for
-                    == (pool.settings_seen, _settings_generation[0])
-                    # (a request that turned autocommit off left it off:
-                    # Django's set_autocommit() in connect() must run)
-                    and lease.driver.autocommit(conn) is True
-                ):
-                    _take(self, lease, monotonic)
-                else:
-                    self._djpool_pending = conn  # for Django's connect() below
-        try:
-            if own:
-                return original(self)
-            return super(cls, self).ensure_connection()
-        finally:
-            pending = self._djpool_pending
-            if pending is not None:  # connect() failed before taking it
-                self._djpool_pending = None
-                pending._djpool_lease.give_back()
+                return True
+            lease.release_parked()  # taken, closed, or settings changed
+        pool = _adoptable(self)
+        if pool is None:
+            return False
+        conn = pool.checkout(self)
+        lease = conn._djpool_lease
+        if (
+            lease.set_up_for is not None
+            and lease.set_up_for == (pool.settings_seen, _settings_generation[0])
+            # (a request that turned autocommit off left it off: Django's
+            # set_autocommit() in connect() must run)
+            and lease.driver.autocommit(conn) is True
+        ):
+            _take(self, lease, monotonic)
+            return True
+        self._djpool_pending = conn  # for Django's connect() below
+        return False
 
-    ensure_connection = functools.wraps(original)(ensure_connection)
-    ensure_connection._djpool_patched = True  # type: ignore[attr-defined]
-    return ensure_connection
+    connect = functools.wraps(original)(connect)
+    connect._djpool_patched = True  # type: ignore[attr-defined]
+    connect._djpool_fast_path = True  # type: ignore[attr-defined]
+    return connect
 
 
 def _wrap_close_if_health_check_failed(
@@ -507,8 +557,8 @@ def _wrap_nodb_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
     return _nodb_cursor
 
 
-_WRAPPERS = {
-    "ensure_connection": _wrap_ensure_connection,
+_WRAPPERS: dict[str, Callable[..., Any]] = {
+    "connect": _wrap_connect,
     "get_new_connection": _wrap_get_new_connection,
     "_close": _wrap_close,
     "close_if_health_check_failed": _wrap_close_if_health_check_failed,
@@ -539,17 +589,20 @@ def install(wrapper_class: type[BaseDatabaseWrapper]) -> None:
         # and the settings generation it parked in.
         _set(wrapper_class, "_djpool_park", None)
         _set(wrapper_class, "_djpool_park_generation", 0)
-        # A connection checked out by ensure_connection() for Django's own
+        # A connection checked out by the fast path for Django's own
         # connect() to set up (Registry.connect takes it), or None.
         _set(wrapper_class, "_djpool_pending", None)
     for name, wrap in _WRAPPERS.items():
         current = getattr(wrapper_class, name)
+        if name == "connect":
+            # (pool_mode="transaction" wraps BaseDatabaseWrapper.connect too:
+            # only the fast path's own wrapper means "already patched".)
+            if not getattr(current, "_djpool_fast_path", False):
+                _set(wrapper_class, name, _wrap_connect(current, wrapper_class))
+            continue
         if getattr(current, "_djpool_patched", False):
             continue  # inherited from a class already patched
-        if name == "ensure_connection":
-            _set(wrapper_class, name, _wrap_ensure_connection(current, wrapper_class))
-        else:
-            _set(wrapper_class, name, wrap(current))
+        _set(wrapper_class, name, wrap(current))
     _installed.add(wrapper_class)
     logger.debug("Patched %s.%s", wrapper_class.__module__, wrapper_class.__qualname__)
 

@@ -206,7 +206,7 @@ class AliasPool(_Entry):
         self.reset_session = options.get("reset_session", "auto")
         #: The DATABASES entry the pool was made for (or last matched), deep
         #: copied: a wrapper takes back its parked connection only while its
-        #: settings still equal it (see patch.py's ensure_connection).
+        #: settings still equal it (see patch.py's connect()).
         self.settings_seen: dict[str, Any] | None = None
         # -- pool_mode (txmode.py) --
         self.transaction_mode = options.get("pool_mode") == "transaction"
@@ -285,10 +285,15 @@ class AliasPool(_Entry):
                 fairy = lease.fairy
                 try:
                     lease.check_on_checkout(time.monotonic())
-                except sa_exc.DisconnectionError as error:
+                except BaseException as error:
+                    # Dead: replaced, as the pre-ping replaces it.  An
+                    # interrupt in the middle of the check: closed (its
+                    # session's state is unknown), then re-raised.
                     lease.fairy = None
                     fairy.invalidate(e=error)
-                    continue  # replaced, as the pre-ping replaces it
+                    if isinstance(error, sa_exc.DisconnectionError):
+                        continue
+                    raise
                 if not stolen.handed:
                     self.stats.add("steals")
             except sa_exc.TimeoutError:
@@ -421,7 +426,7 @@ class Registry:
     ) -> Any:
         """``Database.connect()`` for the Django connection *wrapper*.
 
-        A connection its ``ensure_connection()`` already checked out
+        A connection its ``connect()`` (the fast path) already checked out
         (``_djpool_pending``, patch.py) is the one returned, if it comes from
         the pool these arguments select; otherwise it goes back."""
         entry = self._entries.get(wrapper.alias)

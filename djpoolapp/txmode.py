@@ -66,6 +66,7 @@ Pinning
 from __future__ import annotations
 
 import _thread
+import functools
 import logging
 import sys
 from typing import Any
@@ -266,6 +267,7 @@ def _driver_autocommit(db: Any, conn: Any) -> bool | None:
 
 
 def _wrap_set_autocommit(original: Any) -> Any:
+    @functools.wraps(original)
     def set_autocommit(self: Any, autocommit: bool, *args: Any, **kwargs: Any) -> Any:
         if self._djpool_parked and self._djpool_connecting and not (args or kwargs):
             # Django's connect() of a re-checkout (this wrapper released its
@@ -291,6 +293,7 @@ def _wrap_set_autocommit(original: Any) -> Any:
 
 
 def _wrap_connect(original: Any) -> Any:
+    @functools.wraps(original)
     def connect(self: Any) -> Any:
         self._djpool_connecting += 1
         try:

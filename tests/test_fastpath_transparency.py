@@ -11,10 +11,12 @@ import threading
 from typing import Any
 
 import pytest
-from django.db import close_old_connections, connections
+from django.db import close_old_connections, connections, transaction
 from django.test import override_settings
 
+import djpoolapp
 from tests.conftest import ALIASES, custom_mysql_handler
+from tests.test_transparency import in_thread
 from tests.testapp.models import Item
 
 pytestmark = [
@@ -246,3 +248,205 @@ def test_parking__connection_created_receivers_run_at_every_request(alias):
     finally:
         connection_created.disconnect(receiver)
     assert calls.count(alias) == 3
+
+
+def _checked_out(alias: str) -> int:
+    return djpoolapp.pool_status(alias)[alias].checked_out
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+@pytest.mark.parametrize("parked", [True, False], ids=["parked", "idle"])
+def test_parking__simple_test_case_guard_still_refuses(alias, parked):
+    """A SimpleTestCase (no databases) that touches the database fails with
+    Django's "Database connections to ... are not allowed" even when a
+    connection Django set up is parked with this thread's connection or idle
+    in the pool: the fast path never connects past Django's guard."""
+    import unittest
+
+    from django.test import SimpleTestCase
+
+    _request(alias, "SELECT 1")  # parked, set up
+    if not parked:
+        connections[alias].close()
+        lease = connections[alias]._djpool_park
+        connections[alias]._djpool_park = None
+        lease.release_parked()  # idle in the queue, still set up
+    seen: list[str] = []
+
+    class Guarded(SimpleTestCase):
+        def test_atomic(self) -> None:
+            with self.assertRaisesMessage(Exception, "not allowed in SimpleTestCase"):
+                with transaction.atomic(using=alias):
+                    pass
+            seen.append("atomic refused")
+
+        def test_ensure_connection(self) -> None:
+            with self.assertRaisesMessage(Exception, "not allowed in SimpleTestCase"):
+                connections[alias].ensure_connection()
+            seen.append("ensure_connection refused")
+
+    result = unittest.TestResult()
+    unittest.defaultTestLoader.loadTestsFromTestCase(Guarded).run(result)
+    assert not result.errors and not result.failures, result.errors + result.failures
+    assert sorted(seen) == ["atomic refused", "ensure_connection refused"]
+    assert connections[alias].connection is None
+    assert _checked_out(alias) == 0
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_parking__pytest_django_blocker_still_refuses(alias, django_db_blocker):
+    """pytest-django's blocker ("Database access not allowed") is met before
+    any checkout, parked connection or not."""
+    _request(alias, "SELECT 1")  # parked with this thread's connection
+    with django_db_blocker.block():
+        with pytest.raises(RuntimeError, match="Database access not allowed"):
+            connections[alias].ensure_connection()
+    assert connections[alias].connection is None
+    assert _checked_out(alias) == 0
+    assert connections[alias]._djpool_park is not None  # still parked, untouched
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_parking__async_context_raises_before_any_checkout(alias):
+    """From a coroutine, Django refuses a synchronous connect
+    (SynchronousOnlyOperation) before connecting; with a parked connection
+    or a pool to wait on, the fast path must not check one out (or block
+    the event loop waiting for one) first."""
+    import asyncio
+
+    from django.core.exceptions import SynchronousOnlyOperation
+
+    _request(alias, "SELECT 1")  # parked with this thread's connection
+
+    async def view() -> str:
+        try:
+            connections[alias].ensure_connection()
+        except SynchronousOnlyOperation:
+            return "refused"
+        return "connected"
+
+    assert asyncio.run(view()) == "refused"
+    assert connections[alias].connection is None
+    assert _checked_out(alias) == 0
+
+
+@pytest.mark.postgres
+def test_parking__backend_overriding_get_new_connection_runs_it_every_request():
+    """Review finding: a project backend that overrides a method of Django's
+    connect() path other than init_connection_state() (here
+    get_new_connection(), as a connection counter or a token fetcher does)
+    sees it called at every request, as stock Django with CONN_MAX_AGE=0
+    calls it: such a backend does not park."""
+    import warnings
+
+    from django.db.utils import ConnectionHandler
+
+    from djpoolapp import patch
+
+    settings_dict = {
+        **connections.settings["default"],
+        "ENGINE": "tests.custom_postgres",
+    }
+    databases = {**connections.settings, "default": settings_dict}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Overriding setting DATABASES")
+        with override_settings(DATABASES=databases):
+            handler = ConnectionHandler(databases)
+            connection = handler["default"]
+            patch.install(type(connection))
+            type(connection).new_connections = 0
+            for _ in range(3):  # three requests of one thread
+                connection.ensure_connection()
+                connection.close_if_unusable_or_obsolete()  # request end
+            assert connection._djpool_park is None  # not parked
+            connection.close()
+    assert type(connection).new_connections == 3
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_parking__receiver_connected_after_parking_runs_at_the_next_request(alias):
+    """Review finding: a connection_created receiver connected while a
+    connection is parked runs at each later request (stock Django sends the
+    signal at every connect): the parked connection is not taken back past
+    it."""
+    from django.db.backends.signals import connection_created
+
+    _request(alias, "SELECT 1")  # parked
+    assert connections[alias]._djpool_park is not None
+    calls: list[str] = []
+
+    def receiver(sender: Any, connection: Any, **kwargs: Any) -> None:
+        calls.append(connection.alias)
+
+    connection_created.connect(receiver)
+    try:
+        _request(alias, "SELECT 1")
+        _request(alias, "SELECT 1")
+    finally:
+        connection_created.disconnect(receiver)
+    assert calls == [alias, alias]
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_parking__thread_taking_a_set_up_connection_gets_the_wrapper_attributes(
+    alias,
+):
+    """Review finding: Django's connect() path also sets attributes on the
+    wrapper itself (``isolation_level``: PostgreSQL's get_new_connection(),
+    MySQL's get_connection_params()).  A new thread's wrapper that takes a
+    connection another wrapper set up has them, as after its own connect()."""
+    _request(alias, "SELECT 1")  # set up here, parked
+    expected = connections[alias].isolation_level
+
+    def other() -> Any:
+        connection = connections[alias]
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return getattr(connection, "isolation_level", "<missing>")
+
+    assert in_thread(other, timeout=30) == expected
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+@pytest.mark.parametrize("path", ["claim", "steal"])
+def test_parking__interrupt_during_the_checkout_check_does_not_strand_it(
+    alias, path, monkeypatch
+):
+    """Review finding: a KeyboardInterrupt (or gevent.Timeout) raised while a
+    parked connection is checked before reuse (the pre-ping's round trip),
+    by its own thread (claim) or by another (steal): the interrupted request
+    fails, the connection is closed (its session is in an unknown state),
+    and the next request is served; before, it stayed checked out for ever
+    (PoolTimeout)."""
+    from djpoolapp.lease import Lease
+
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: {**ONE, "timeout": 2}}}):
+        _request(alias, "SELECT 1")  # parked with this thread's connection
+        original = Lease.check_on_checkout
+        fired: list[int] = []
+
+        def interrupted(self: Any, now: float) -> None:
+            if not fired:
+                fired.append(1)
+                raise KeyboardInterrupt("simulated, during the ping")
+            original(self, now)
+
+        monkeypatch.setattr(Lease, "check_on_checkout", interrupted)
+        if path == "claim":
+            with pytest.raises(KeyboardInterrupt):
+                _request(alias, "SELECT 1")
+            connections[alias].close()
+        else:
+
+            def stealer() -> str:
+                try:
+                    _request(alias, "SELECT 1")
+                except KeyboardInterrupt:
+                    return "interrupted"
+                return "served"
+
+            assert in_thread(stealer, timeout=30) == "interrupted"
+        assert fired == [1]
+        assert _request(alias, "SELECT 1") == (1,)
+        assert in_thread(lambda: _request(alias, "SELECT 1"), timeout=30) == (1,)
+        assert _checked_out(alias) == 0

@@ -1,0 +1,13 @@
+"""A project backend that overrides ``get_new_connection`` (in the style of
+django-prometheus' connection counter, or a backend fetching an IAM token):
+with ``CONN_MAX_AGE=0`` stock Django calls it for every request."""
+
+from django.db.backends.postgresql import base
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    new_connections = 0
+
+    def get_new_connection(self, conn_params):
+        type(self).new_connections += 1
+        return super().get_new_connection(conn_params)
