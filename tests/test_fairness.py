@@ -196,29 +196,42 @@ def test_queue__timeout_racing_a_hand_off_keeps_the_item(monkeypatch):
     assert queue.qsize() == 0 and queue.waiting() == 0
 
 
-def test_queue__interrupted_waiter_passes_its_item_on(monkeypatch):
-    """KeyboardInterrupt / gevent.Timeout in a waiter that was already
-    handed an item: the item goes to the next waiter, never lost."""
-    queue: FairQueue[str] = FairQueue(1)
-    interrupted: list[BaseException] = []
+class _InterruptedCondition(threading.Condition):
+    def wait(self, timeout: float | None = None) -> bool:
+        super().wait(timeout)
+        raise KeyboardInterrupt
 
-    class InterruptedCondition(threading.Condition):
-        def wait(self, timeout: float | None = None) -> bool:
-            super().wait(timeout)
-            raise KeyboardInterrupt
 
-    class Interrupted(fair._Waiter):
-        def __init__(self, mutex: Any) -> None:
-            super().__init__(mutex)
-            self.condition = InterruptedCondition(mutex)
+class InterruptedWaiter(fair._Waiter):
+    """A waiter interrupted (KeyboardInterrupt, as gevent.Timeout would)
+    as soon as it wakes, served or not."""
 
-    def first() -> None:
+    def __init__(self, mutex: Any) -> None:
+        super().__init__(mutex)
+        self.condition = _InterruptedCondition(mutex)
+
+
+def interrupted_getter(
+    queue: FairQueue[Any], interrupted: list[BaseException]
+) -> Callable[[], None]:
+    """A get() on *queue* that records the interrupt that stops it."""
+
+    def get() -> None:
         try:
             queue.get(True, 10)
         except KeyboardInterrupt as error:
             interrupted.append(error)
 
-    monkeypatch.setattr(fair, "_Waiter", Interrupted)
+    return get
+
+
+def test_queue__interrupted_waiter_passes_its_item_on(monkeypatch):
+    """KeyboardInterrupt / gevent.Timeout in a waiter that was already
+    handed an item: the item goes to the next waiter, never lost."""
+    queue: FairQueue[str] = FairQueue(1)
+    interrupted: list[BaseException] = []
+    first = interrupted_getter(queue, interrupted)
+    monkeypatch.setattr(fair, "_Waiter", InterruptedWaiter)
     victim = start(first)
     wait_until(lambda: queue.waiting() == 1)
     monkeypatch.undo()
@@ -231,7 +244,7 @@ def test_queue__interrupted_waiter_passes_its_item_on(monkeypatch):
     assert len(interrupted) == 1
     assert got == ["conn"]
     # ... and with nobody else waiting it becomes idle again.
-    monkeypatch.setattr(fair, "_Waiter", Interrupted)
+    monkeypatch.setattr(fair, "_Waiter", InterruptedWaiter)
     victim = start(first)
     wait_until(lambda: queue.waiting() == 1)
     queue.put("conn", False)
@@ -296,24 +309,8 @@ def test_queue__interrupted_waiter_passes_a_handed_lease_on(monkeypatch):
     (release_parked), never stranded."""
     queue: FairQueue[Any] = FairQueue(2)
     interrupted: list[BaseException] = []
-
-    class InterruptedCondition(threading.Condition):
-        def wait(self, timeout: float | None = None) -> bool:
-            super().wait(timeout)
-            raise KeyboardInterrupt
-
-    class Interrupted(fair._Waiter):
-        def __init__(self, mutex: Any) -> None:
-            super().__init__(mutex)
-            self.condition = InterruptedCondition(mutex)
-
-    def victim_get() -> None:
-        try:
-            queue.get(True, 10)
-        except KeyboardInterrupt as error:
-            interrupted.append(error)
-
-    monkeypatch.setattr(fair, "_Waiter", Interrupted)
+    victim_get = interrupted_getter(queue, interrupted)
+    monkeypatch.setattr(fair, "_Waiter", InterruptedWaiter)
     victim = start(victim_get)
     wait_until(lambda: queue.waiting() == 1)
     monkeypatch.undo()
@@ -334,7 +331,7 @@ def test_queue__interrupted_waiter_passes_a_handed_lease_on(monkeypatch):
     assert len(interrupted) == 1 and got == [lease]
     assert lease.stolen_count == 2 and not lease.released
     # ... and with nobody else waiting it goes back to the pool as an entry.
-    monkeypatch.setattr(fair, "_Waiter", Interrupted)
+    monkeypatch.setattr(fair, "_Waiter", InterruptedWaiter)
     victim = start(victim_get)
     wait_until(lambda: queue.waiting() == 1)
     other = FakeLease(queue, "b")

@@ -47,6 +47,33 @@ def session_of(request_cycle: Callable[[str], tuple[int, bytes]], alias: str) ->
     return int(json.loads(body)["session"])
 
 
+def leave_uncommitted_row(alias: str) -> int:
+    """A request's raw ``BEGIN`` and ``INSERT``, left open (behind Django's
+    back); the server session id it ran on."""
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        cursor.execute(SESSION_SQL[connection.vendor])
+        (session,) = cursor.fetchone()
+        cursor.execute("BEGIN")
+        cursor.execute(
+            "INSERT INTO testapp_item (name, value, created) "
+            "VALUES ('uncommitted', 1, CURRENT_TIMESTAMP)"
+        )
+    return int(session)
+
+
+def session_and_uncommitted_rows(alias: str) -> tuple[int, int]:
+    """The server session id this thread's connection runs on, and the rows
+    :func:`leave_uncommitted_row` left that it can see."""
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        cursor.execute(SESSION_SQL[connection.vendor])
+        (session,) = cursor.fetchone()
+        cursor.execute("SELECT COUNT(*) FROM testapp_item WHERE name = 'uncommitted'")
+        (count,) = cursor.fetchone()
+    return int(session), int(count)
+
+
 def parked_lease(alias: str) -> Any:
     lease = connections[alias]._djpool_park
     assert lease is not None and lease.state is PARKED
@@ -120,14 +147,7 @@ def test_fastpath__checkin_hands_connection_to_the_waiting_thread(alias, request
     checkin nor its checkout event fires."""
     with override_settings(DJPOOL_OPTIONS={"aliases": {alias: ONE}}):
         connection = connections[alias]
-        with connection.cursor() as cursor:
-            cursor.execute(SESSION_SQL[connection.vendor])
-            (mine,) = cursor.fetchone()
-            cursor.execute("BEGIN")
-            cursor.execute(
-                "INSERT INTO testapp_item (name, value, created) "
-                "VALUES ('uncommitted', 1, CURRENT_TIMESTAMP)"
-            )
+        mine = leave_uncommitted_row(alias)
         (pool,) = registry.pools(alias)
         events: list[str] = []
         for name in ("checkin", "checkout"):
@@ -136,14 +156,7 @@ def test_fastpath__checkin_hands_connection_to_the_waiting_thread(alias, request
         seen: list[tuple[int, int]] = []
 
         def waiter() -> None:
-            with connections[alias].cursor() as cursor:
-                cursor.execute(SESSION_SQL[connections[alias].vendor])
-                (session,) = cursor.fetchone()
-                cursor.execute(
-                    "SELECT COUNT(*) FROM testapp_item WHERE name = 'uncommitted'"
-                )
-                (count,) = cursor.fetchone()
-            seen.append((int(session), int(count)))
+            seen.append(session_and_uncommitted_rows(alias))
             done.wait(30)
             close_old_connections()
 
@@ -296,29 +309,11 @@ def test_fastpath__rolled_back_before_another_thread_takes_it(alias, request_cyc
     """A transaction opened behind Django's back is rolled back when the
     connection parks: the thread that takes it sees none of its rows."""
     with override_settings(DJPOOL_OPTIONS={"aliases": {alias: ONE}}):
-        connection = connections[alias]
-        with connection.cursor() as cursor:
-            cursor.execute(SESSION_SQL[connection.vendor])
-            (mine,) = cursor.fetchone()
-            cursor.execute("BEGIN")
-            cursor.execute(
-                "INSERT INTO testapp_item (name, value, created) "
-                "VALUES ('uncommitted', 1, CURRENT_TIMESTAMP)"
-            )
+        mine = leave_uncommitted_row(alias)
         close_old_connections()  # the request ends
         parked_lease(alias)
 
-        def look() -> tuple[int, int]:
-            with connections[alias].cursor() as cursor:
-                cursor.execute(SESSION_SQL[connections[alias].vendor])
-                (session,) = cursor.fetchone()
-                cursor.execute(
-                    "SELECT COUNT(*) FROM testapp_item WHERE name = 'uncommitted'"
-                )
-                (count,) = cursor.fetchone()
-            return int(session), int(count)
-
-        assert in_thread(look, timeout=30) == (mine, 0)
+        assert in_thread(session_and_uncommitted_rows, alias, timeout=30) == (mine, 0)
 
 
 @pytest.mark.parametrize("alias", ALIASES)
