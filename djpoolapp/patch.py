@@ -280,12 +280,13 @@ def _take(wrapper: Any, lease: Any, monotonic: Callable[[], float]) -> None:
 
 def _adoptable(wrapper: Any) -> Any:
     """The alias's pool if *wrapper* may take a connection that another
-    Django connection set up (``park`` is on, in either pool mode; the
-    settings are those the pool last saw), else None."""
+    Django connection set up (the pool parks, Django's per-connect set-up
+    has no project code, the settings are those the pool last saw), else
+    None."""
     pool = registry.pool_of(wrapper.alias)
     if (
         pool is None
-        or not pool.takes_set_up
+        or not pool.parking
         or pool.retired
         or not wrapper.settings_dict["AUTOCOMMIT"]
         or wrapper.settings_dict != pool.settings_seen
@@ -387,10 +388,6 @@ def _wrap_connect(original: Callable[..., Any], klass: type) -> Callable[..., An
             and lease.driver.autocommit(conn) is True
         ):
             _take(self, lease, monotonic)
-            if pool.transaction_mode:
-                # As pool_mode="transaction"'s connect() wrapper leaves it:
-                # nothing released left to re-take.
-                self._djpool_parked = False
             return True
         self._djpool_pending = conn  # for Django's connect() below
         return False

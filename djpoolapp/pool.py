@@ -218,10 +218,6 @@ class AliasPool(_Entry):
         #: Whether Django's close parks connections with their wrapper.
         park = options.get("park", False) if PARK_OVERRIDE is None else PARK_OVERRIDE
         self.parking = bool(park) and not self.transaction_mode
-        #: Whether a Django connection may take a connection Django already
-        #: set up without its connect() (patch.py's fast path): with
-        #: ``park``, in both pool modes (transaction mode's re-checkouts).
-        self.takes_set_up = bool(park)
         self.pool = FairQueuePool(  # waiters served first come, first served
             self._create,
             pool_size=options["pool_size"],
@@ -236,7 +232,7 @@ class AliasPool(_Entry):
         #: The pool's FairQueue (idle, parked and waiting checkouts).
         self.queue: Any = self.pool._pool
         if not hasattr(self.queue, "park"):  # another queue class (benchmarks)
-            self.parking = self.takes_set_up = False
+            self.parking = False
         self._open = 0  # driver connections open now (idle + checked out)
         self._open_lock = threading.Lock()
         event.listen(self.pool, "invalidate", self._on_invalidate)

@@ -241,31 +241,6 @@ def test_fastpath__new_thread_takes_a_set_up_connection_without_connect(
         assert names == {"kept"}
 
 
-@pytest.mark.parametrize("alias", ALIASES)
-def test_fastpath__transaction_mode_recheckout_skips_djangos_set_up(alias, monkeypatch):
-    """pool_mode="transaction": the connection goes back to the pool after
-    each statement, and the next statement's checkout takes it as Django
-    set it up, without Django's connect() (issue 13's re-checkout fast
-    path): one set-up for five statements, one server session."""
-    tx = {"pool_mode": "transaction", **ONE}
-    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: tx}}):
-        connection = connections[alias]
-        connection.close()
-        set_ups = counting_set_up(monkeypatch, alias)
-        sessions = set()
-        for _ in range(5):
-            with connection.cursor() as cursor:
-                cursor.execute(SESSION_SQL[connection.vendor])
-                sessions.add(int(cursor.fetchone()[0]))
-            assert connection.__dict__.get("connection") is None  # released
-        with transaction.atomic(using=alias):  # a transaction still works
-            Item.objects.using(alias).create(name="tx", value=1)
-        close_old_connections()
-    assert len(sessions) == 1
-    assert len(set_ups) == 1  # the first checkout's, by Django's connect()
-    assert Item.objects.using(alias).filter(name="tx").count() == 1
-
-
 @pytest.mark.postgres
 def test_fastpath__reset_connection_is_set_up_again_by_the_next_thread(monkeypatch):
     """A session the request changed is reset at its checkin (which undoes
