@@ -12,6 +12,15 @@ from, so PostGIS, GIS MySQL and a project's own subclass are covered):
 - ``get_new_connection()`` records which alias is connecting, so that
   ``connect()`` knows whose pool and options to use.  Django's own code runs
   unchanged around the checkout.
+- ``connect()`` is the fast path (``park``, docs/how_it_works.rst): it takes
+  back the connection this Django connection parked at its last close, or
+  checks one out and, when Django already set it up for the same settings,
+  uses it without the rest of ``connect()`` (``_take``); otherwise Django's
+  ``connect()`` runs and gets that checked-out connection.  Everything
+  Django checks before ``connect()`` (``async_unsafe``, test-case guards)
+  runs first.  A backend overriding a method of ``CONNECT_PATH`` outside
+  Django, or a ``connection_created`` receiver other than type
+  registration, turns it off (``_parkable``).
 - ``_close()`` marks the connection for invalidation when Django saw an error
   on it or closes it inside ``atomic()``, and is the only ``close()`` that
   returns a connection to the pool (``drivers.closing``).
@@ -280,9 +289,8 @@ def _take(wrapper: Any, lease: Any, monotonic: Callable[[], float]) -> None:
 
 def _adoptable(wrapper: Any) -> Any:
     """The alias's pool if *wrapper* may take a connection that another
-    Django connection set up (the pool parks, Django's per-connect set-up
-    has no project code, the settings are those the pool last saw), else
-    None."""
+    Django connection set up (the pool parks, the settings are those the
+    pool last saw; ``connect()`` checked ``_parkable`` first), else None."""
     pool = registry.pool_of(wrapper.alias)
     if (
         pool is None
