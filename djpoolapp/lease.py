@@ -25,13 +25,13 @@ Parking, the fast path (issue 12)::
                                  |                         next request)
                                  +--stolen()--> IN_USE     (another thread,
                                  |                         pool otherwise empty)
-    IN_USE --checkin(park), a checkout waiting--> IN_USE   (handed over: the
-                                                  waiter's, still checked out
-                                                  of SQLAlchemy)
                                  +--release_parked()--> IDLE (wrapper or
                                  |                         thread gone, claim
                                  |                         refused)
                                  +--close_parked()--> CLOSED (dispose, fork)
+    IN_USE --checkin(park), a checkout waiting--> IN_USE   (handed over: the
+                                                  waiter's, still checked out
+                                                  of SQLAlchemy)
 
 A checkin that Django's ``close()`` of a request makes may *park* the
 connection with its Django wrapper instead of returning it to SQLAlchemy's
@@ -481,22 +481,30 @@ class Lease:
         if pool.retired:
             self._return(None)  # closed as "retired"
             return False
+        if not self.checked_for_reuse():
+            return False
+        owner = self.owner
+        token = _current_owner()
+        if owner is None or owner() is not token:
+            self.owner = weakref.ref(token, self._owner_gone)
+        return True
+
+    def checked_for_reuse(self) -> bool:
+        """Check a connection still checked out of SQLAlchemy (parked, taken
+        from parking, handed over) as a checkout checks it
+        (:meth:`check_on_checkout`).  False: it was dead, and is invalidated
+        (the caller connects anew).  An interrupt (``KeyboardInterrupt``,
+        ``gevent.Timeout``) in the middle of the check leaves the session in
+        an unknown state: invalidated too, then re-raised."""
         try:
             self.check_on_checkout(time.monotonic())
         except BaseException as error:
-            # A dead one is replaced; an interrupt (KeyboardInterrupt,
-            # gevent.Timeout) in the middle of the check leaves the session
-            # in an unknown state: closed too, then re-raised.
             fairy = self.fairy
             self.fairy = self.holder = self.owner = None
             fairy.invalidate(e=error)
             if isinstance(error, sa_exc.DisconnectionError):
                 return False
             raise
-        owner = self.owner
-        token = _current_owner()
-        if owner is None or owner() is not token:
-            self.owner = weakref.ref(token, self._owner_gone)
         return True
 
     def stolen(self) -> None:

@@ -283,17 +283,8 @@ class AliasPool(_Entry):
                 # pre-ping hook checks a reused one.
                 lease = stolen.item
                 fairy = lease.fairy
-                try:
-                    lease.check_on_checkout(time.monotonic())
-                except BaseException as error:
-                    # Dead: replaced, as the pre-ping replaces it.  An
-                    # interrupt in the middle of the check: closed (its
-                    # session's state is unknown), then re-raised.
-                    lease.fairy = None
-                    fairy.invalidate(e=error)
-                    if isinstance(error, sa_exc.DisconnectionError):
-                        continue
-                    raise
+                if not lease.checked_for_reuse():
+                    continue  # dead: replaced, as the pre-ping replaces it
                 if not stolen.handed:
                     self.stats.add("steals")
             except sa_exc.TimeoutError:
