@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -238,19 +239,49 @@ SLEEPERS_SQL = {
 
 
 def peak_sleepers(monitor: Monitor, url: str) -> int:
-    """Run 2 s of load on a sleeping view; the peak of concurrent sleeps.
+    """Run 2 s of load on a sleeping view; the peak of concurrent sleeps
+    (the backlog the load leaves is drained before this returns).
 
     Each request holds a 0.2 s server-side sleep, so a load that served
     requests shows at least one sleep to a 20 ms sampler; a peak of 0 means
-    the sampler was starved (a loaded machine: seen once in a CI corner),
-    not that nothing slept, and the load is run once more."""
+    the sampler was starved on a loaded machine, not that nothing slept, and
+    the load is run once more."""
     for _attempt in range(2):
         peak, load = _peak_sleepers_once(monitor, url)
+        _wait_drained(monitor)
         assert load.failed == 0, load.output
         assert load.requests > 0, load.output
         if peak > 0:
             break
     return peak
+
+
+def _sleepers(monitor: Monitor) -> int:
+    cursor = monitor.conn.cursor()
+    try:
+        cursor.execute(SLEEPERS_SQL[monitor.vendor], [monitor.database])
+        return int(cursor.fetchone()[0])
+    finally:
+        cursor.close()
+
+
+def _wait_drained(monitor: Monitor, quiet: float = 0.5, limit: float = 60) -> None:
+    """Wait until no sleep of this load runs on the server for *quiet* s.
+
+    wrk stops with a request outstanding on each of its connections, and the
+    server still serves those: where one request blocks the whole process
+    (mysqlclient, or psycopg 3's C wait, under eventlet) that backlog is
+    16 x 0.2 s, and the next load (the next alias) would wait behind it and
+    could serve nothing in its 2 s (seen under load in a CI corner)."""
+    deadline = time.monotonic() + limit
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        if _sleepers(monitor):
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"sleeps still running {limit} s after the load ended")
 
 
 def _peak_sleepers_once(monitor: Monitor, url: str) -> tuple[int, Load]:
@@ -264,10 +295,7 @@ def _peak_sleepers_once(monitor: Monitor, url: str) -> tuple[int, Load]:
     peak = 0
     try:
         while loader.is_alive():
-            cursor = monitor.conn.cursor()
-            cursor.execute(SLEEPERS_SQL[monitor.vendor], [monitor.database])
-            peak = max(peak, int(cursor.fetchone()[0]))
-            cursor.close()
+            peak = max(peak, _sleepers(monitor))
             loader.join(0.02)
     finally:
         loader.join(60)
