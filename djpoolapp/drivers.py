@@ -538,6 +538,13 @@ class Driver:
     def close_server_cursors(self, conn: Any) -> None:
         """Close every server-side cursor of the session (one round trip)."""
 
+    def left_open(self, cursor: Any) -> bool:
+        """Whether the checkin must close or forget *cursor*, a live cursor
+        of the ending checkout (``Lease._return``).  Default: always; the
+        PostgreSQL drivers skip a closed client-side cursor, which holds
+        nothing and sends nothing if used again."""
+        return True
+
     def forget_cursor(self, cursor: Any) -> None:
         """Close *cursor* on the client only: not a byte reaches the session,
         which may be another request's by now, or in use by its holder in
@@ -638,6 +645,9 @@ class PsycopgDriver(PostgresDriver):
 
     module_name = "psycopg"
 
+    def left_open(self, cursor: Any) -> bool:
+        return not cursor.closed or isinstance(cursor, self.module.ServerCursor)
+
     def forget_cursor(self, cursor: Any) -> None:
         # The client-side part of close(): a named cursor's own close() would
         # send CLOSE (into another request's transaction); marked closed, the
@@ -697,6 +707,9 @@ class Psycopg2Driver(PostgresDriver):
     """psycopg2 (and psycopg2-binary)."""
 
     module_name = "psycopg2"
+
+    def left_open(self, cursor: Any) -> bool:
+        return not cursor.closed or cursor.name is not None
 
     def forget_cursor(self, cursor: Any) -> None:
         # A client cursor closes without a round trip.  A named one cannot be

@@ -364,10 +364,15 @@ class Lease:
         cursors = self.cursors
         if cursors is not None:
             self.cursors = None
-            if any(reference() is not None for reference in cursors):
+            left_open = [
+                cursor
+                for reference in cursors
+                if (cursor := reference()) is not None and driver.left_open(cursor)
+            ]
+            if left_open:
                 try:  # closing a server-side cursor is a round trip
                     with bounded(conn, "close of the cursors left open"):
-                        reason = _close_cursors(cursors, driver)
+                        reason = _close_cursors(left_open, driver)
                 except RoundTripTimeout as error:
                     reason = error
         if reason is None:
@@ -593,9 +598,7 @@ def cursor_checkout(cursor: Any) -> tuple[Lease, int] | None:
     return getattr(cursor, "_djpool_checkout", None)
 
 
-def _close_cursors(
-    cursors: list[weakref.ref[Any]], driver: Any
-) -> BaseException | None:
+def _close_cursors(cursors: list[Any], driver: Any) -> BaseException | None:
     """Close the cursors of this checkout that are still open; return why the
     connection must be invalidated, if closing one failed.
 
@@ -609,10 +612,7 @@ def _close_cursors(
     reset: see ``Lease.named_cursors``.)
     """
     failure: BaseException | None = None
-    for reference in cursors:
-        cursor = reference()
-        if cursor is None:
-            continue
+    for cursor in cursors:
         try:
             cursor.close()
         except Exception as error:

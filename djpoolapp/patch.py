@@ -145,28 +145,44 @@ def _wrap_close(original: Callable[..., Any]) -> Callable[..., Any]:
                 if self.errors_occurred
                 else "closed inside atomic()"
             )
-        elif (
-            self.autocommit == self.settings_dict["AUTOCOMMIT"]
-            and lease.pool.parking
-            and lease.pool.settings_seen is not None  # (else never taken back)
-            and _parkable(type(self))
-        ):
-            lease.park_wanted = True  # the checkin may park it (fast path)
+        else:
+            want_park(self, lease)
         token = closing.set(connection)  # this close() checks it in
         try:
             return original(self)
         finally:
             closing.reset(token)
-            if lease.held_by(self):
-                # (The checkin clears it; after a hand-over the lease is
-                # another thread's: not touched.)
-                lease.park_wanted = False
-            if lease.state is PARKED and lease.held_by(self):
-                self._djpool_park = lease  # taken back by connect()
-                self._djpool_park_generation = _settings_generation[0]
+            note_parked(self, lease)
 
     _close._djpool_patched = True  # type: ignore[attr-defined]
     return _close
+
+
+def want_park(wrapper: Any, lease: Any) -> None:
+    """Ask the checkin about to run (Django's close at request end, or
+    ``pool_mode="transaction"``'s release) to park *lease*'s connection with
+    Django's *wrapper* (``Lease.park_wanted``): when the pool parks, the
+    wrapper is in its settings' autocommit mode and Django's per-connect
+    set-up has no project code (``_parkable``)."""
+    if (
+        wrapper.autocommit == wrapper.settings_dict["AUTOCOMMIT"]
+        and lease.pool.parking
+        and lease.pool.settings_seen is not None  # (else never taken back)
+        and _parkable(type(wrapper))
+    ):
+        lease.park_wanted = True
+
+
+def note_parked(wrapper: Any, lease: Any) -> None:
+    """After that checkin: remember on *wrapper* the lease it parked, which
+    its next ``connect()`` takes back (``_fast_connect``)."""
+    if lease.held_by(wrapper):
+        # (The checkin clears it; after a hand-over the lease is another
+        # thread's: not touched.)
+        lease.park_wanted = False
+        if lease.state is PARKED:
+            wrapper._djpool_park = lease
+            wrapper._djpool_park_generation = _settings_generation[0]
 
 
 #: Bumped by every ``setting_changed`` signal (tests' ``override_settings``):
@@ -285,6 +301,9 @@ def _take(wrapper: Any, lease: Any, monotonic: Callable[[], float]) -> None:
         setattr(wrapper, name, value)
     wrapper.connection = lease.conn
     wrapper.run_on_commit = []
+    if lease.pool.transaction_mode:
+        # As transaction mode's connect() wrapper, skipped here, leaves it.
+        wrapper._djpool_released = False
 
 
 def _adoptable(wrapper: Any) -> Any:

@@ -215,9 +215,12 @@ class AliasPool(_Entry):
 
             txmode.install()
         # -- end pool_mode --
-        #: Whether Django's close parks connections with their wrapper.
+        #: Whether a checkin parks connections with their Django connection
+        #: (Django's close at request end; in transaction mode also each
+        #: release) and Django connections take connections Django already
+        #: set up without its connect() (patch.py's fast path).
         park = options.get("park", False) if PARK_OVERRIDE is None else PARK_OVERRIDE
-        self.parking = bool(park) and not self.transaction_mode
+        self.parking = bool(park)
         self.pool = FairQueuePool(  # waiters served first come, first served
             self._create,
             pool_size=options["pool_size"],

@@ -21,9 +21,13 @@ Where the release happens
     release checks the driver connection in (``Lease.checkin``: the same
     checks and reset as Django's close at request end) and sets the wrapper's
     ``connection`` to None, the state Django itself knows as "not connected
-    yet": its next query, cursor or ``atomic()`` runs Django's own
-    ``connect()``, which checks a connection out of the pool at fast-path
-    cost.  Releases are attempted where a statement group ends: when a Django
+    yet": its next query, cursor or ``atomic()`` runs Django's ``connect()``.
+    With ``park`` (the default) the checkin parks the connection with the
+    wrapper, or hands it straight to the longest waiting checkout, exactly
+    as Django's close at request end does in request mode, and ``connect()``
+    takes a parked or already set-up connection back without Django's
+    set-up (the fast path, ``patch.py``); another thread may take a parked
+    one whenever the pool has none idle.  Releases are attempted where a statement group ends: when a Django
     cursor is closed (the ORM closes each cursor after reading its rows;
     ``with connection.cursor()`` at block exit) and at the end of
     ``set_autocommit(True)`` (the last step of the outermost ``atomic()``).
@@ -125,9 +129,13 @@ def release_if_idle(db: Any) -> bool:
         return False
     if lease.driver.in_transaction(conn) is not False:
         return False
-    db._djpool_parked = True
+    from .patch import note_parked, want_park  # (patch.py imports this module)
+
+    db._djpool_released = True
     db.__dict__["connection"] = None
+    want_park(db, lease)
     lease.checkin()
+    note_parked(db, lease)
     return True
 
 
@@ -209,7 +217,7 @@ def _user_reads_connection(db: Any, conn: Any) -> Any:
     """``connection.connection`` read outside Django: pin (checking a
     connection out again if Django's was released)."""
     if conn is None:
-        if not db._djpool_parked:
+        if not db._djpool_released:
             return None  # not connected yet, as without the app
         db.ensure_connection()
         conn = db.__dict__.get("connection")
@@ -269,7 +277,7 @@ def _driver_autocommit(db: Any, conn: Any) -> bool | None:
 def _wrap_set_autocommit(original: Any) -> Any:
     @functools.wraps(original)
     def set_autocommit(self: Any, autocommit: bool, *args: Any, **kwargs: Any) -> Any:
-        if self._djpool_parked and self._djpool_connecting and not (args or kwargs):
+        if self._djpool_released and self._djpool_connecting and not (args or kwargs):
             # Django's connect() of a re-checkout (this wrapper released its
             # connection earlier in the request).  When the pooled connection
             # is in that mode already, what Django's set_autocommit() would
@@ -300,7 +308,7 @@ def _wrap_connect(original: Any) -> Any:
             return original(self)
         finally:
             self._djpool_connecting -= 1
-            self._djpool_parked = False
+            self._djpool_released = False
 
     connect._djpool_patched = True  # type: ignore[attr-defined]
     return connect
@@ -313,7 +321,7 @@ def _wrap_close(original: Any) -> Any:
         finally:
             if self.__dict__.get("connection") is None:
                 self._djpool_pin = None  # the request (or its owner) ended
-                self._djpool_parked = False
+                self._djpool_released = False
 
     close._djpool_patched = True  # type: ignore[attr-defined]
     return close
@@ -323,7 +331,7 @@ def _wrap_close_if_unusable_or_obsolete(original: Any) -> Any:
     def close_if_unusable_or_obsolete(self: Any) -> Any:
         result = original(self)
         if self.__dict__.get("connection") is None:
-            self._djpool_parked = False  # request boundary: nothing to re-take
+            self._djpool_released = False  # request boundary: nothing to re-take
         return result
 
     close_if_unusable_or_obsolete._djpool_patched = True  # type: ignore[attr-defined]
@@ -340,7 +348,7 @@ def install() -> None:
     base = BaseDatabaseWrapper
     _set(base, "_djpool_txmode", False)
     _set(base, "_djpool_pin", None)
-    _set(base, "_djpool_parked", False)
+    _set(base, "_djpool_released", False)
     _set(base, "_djpool_connecting", 0)
     _set(base, "connect", _wrap_connect(base.connect))
     _set(base, "close", _wrap_close(base.close))

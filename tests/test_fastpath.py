@@ -241,6 +241,98 @@ def test_fastpath__new_thread_takes_a_set_up_connection_without_connect(
         assert names == {"kept"}
 
 
+TRANSACTION_MODE_ONE = {"pool_mode": "transaction", **ONE}
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__transaction_mode_release_parks_and_statement_takes_it_back(
+    alias, monkeypatch
+):
+    """pool_mode="transaction": each release parks the connection with its
+    Django connection and the next statement takes it back: one server
+    session, one Django set-up and no SQLAlchemy checkout or checkin for
+    five statements; the wrapper is released in between (as without
+    parking), and a transaction still works."""
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: TRANSACTION_MODE_ONE}}):
+        connection = connections[alias]
+        connection.close()
+        set_ups = counting_set_up(monkeypatch, alias)
+        sessions = set()
+        with connection.cursor() as cursor:  # the first checkout: Django's connect()
+            cursor.execute(SESSION_SQL[connection.vendor])
+            sessions.add(int(cursor.fetchone()[0]))
+        (pool,) = registry.pools(alias)
+        lease = parked_lease(alias)
+        events: list[str] = []
+        for name in ("checkin", "checkout"):
+            event.listen(pool.pool, name, lambda *a, name=name: events.append(name))
+        checkouts = pool.stats.checkouts
+        for _ in range(4):
+            with connection.cursor() as cursor:
+                cursor.execute(SESSION_SQL[connection.vendor])
+                sessions.add(int(cursor.fetchone()[0]))
+            assert connection.__dict__.get("connection") is None  # released
+            assert parked_lease(alias) is lease
+        with transaction.atomic(using=alias):
+            Item.objects.using(alias).create(name="tx", value=1)
+        close_old_connections()
+        assert events == []
+        assert pool.stats.checkouts == checkouts + 5  # 4 statements, atomic()
+    assert len(sessions) == 1
+    assert len(set_ups) == 1  # the first checkout's, by Django's connect()
+    assert Item.objects.using(alias).filter(name="tx").count() == 1
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__transaction_mode_release_hands_connection_to_a_waiter(alias):
+    """pool_mode="transaction", one connection: while another thread's
+    checkout waits, a statement's release hands the connection to it (the
+    same server session, no SQLAlchemy checkin or checkout); this Django
+    connection's next statement then waits for it in turn, within the
+    request, and gets it back."""
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: TRANSACTION_MODE_ONE}}):
+        connection = connections[alias]
+        seen: list[int] = []
+        release = threading.Event()
+        holding = threading.Event()
+
+        def other() -> None:
+            theirs = connections[alias]
+            with theirs.cursor() as cursor:  # waits: the connection is ours
+                cursor.execute(SESSION_SQL[theirs.vendor])
+                seen.append(int(cursor.fetchone()[0]))
+                holding.set()
+                release.wait(30)  # holds it: the cursor is open
+            close_old_connections()
+
+        with connection.cursor() as cursor:
+            cursor.execute(SESSION_SQL[connection.vendor])
+            (mine,) = cursor.fetchone()
+            (pool,) = registry.pools(alias)
+            thread = threading.Thread(target=other, daemon=True)
+            thread.start()
+            deadline = time.monotonic() + 10
+            while pool.queue.waiting() != 1:
+                assert time.monotonic() < deadline and thread.is_alive()
+                time.sleep(0.005)
+            events: list[str] = []
+            for name in ("checkin", "checkout"):
+                event.listen(pool.pool, name, lambda *a, name=name: events.append(name))
+        # The cursor closed: released, and handed to the waiting thread.
+        assert holding.wait(30)
+        assert seen == [int(mine)]
+        assert events == []
+        assert connection._djpool_park is None  # it went to the waiter
+        assert connection.__dict__.get("connection") is None
+        # The next statement waits until the other thread's cursor closes.
+        threading.Timer(0.2, release.set).start()
+        with connection.cursor() as cursor:
+            cursor.execute(SESSION_SQL[connection.vendor])
+            assert int(cursor.fetchone()[0]) == int(mine)
+        thread.join(30)
+        close_old_connections()
+
+
 @pytest.mark.postgres
 def test_fastpath__reset_connection_is_set_up_again_by_the_next_thread(monkeypatch):
     """A session the request changed is reset at its checkin (which undoes
