@@ -192,8 +192,8 @@ OPTIONS: dict[str, Option] = {
         (bool,),
         True,
         "True or False",
-        help="Fast path (request mode only): between requests a clean "
-        "connection stays parked with its Django connection, which takes it "
+        help="Fast path: between requests (transaction mode: between "
+        "statements) a clean connection stays parked with its Django connection, which takes it "
         "back without Django's connect() set-up; another thread takes it when "
         "nothing else is idle, and a waiting checkout is handed one Django "
         "already set up. False: every request pays Django's connect() and "

@@ -133,6 +133,10 @@ class WatchedCursor:
 class WatchedPsycopgCursor(WatchedCursor):
     """psycopg 3's client cursors: also ``stream()`` and ``copy()``."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Never named: psycopg 3's named cursors are WatchedServerCursor.
+        super(WatchedCursor, self).__init__(*args, **kwargs)
+
     def stream(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         self._djpool_note(query)
         return super().stream(query, *args, **kwargs)  # type: ignore[misc]

@@ -50,7 +50,8 @@ connection whose checkin needed no session reset parks (a reset undoes
 Django's own set-up, which the fast path skips).  Every transition to and
 from ``PARKED`` happens under the queue's mutex (``FairQueue.park``,
 ``unpark``, ``drain_parked``, ``_steal``): a parked connection is never used
-by two threads at once.  ``pool_mode="transaction"`` never parks.
+by two threads at once.  In ``pool_mode="transaction"`` each release is
+such a checkin (``txmode.release_if_idle``): it parks or hands over too.
 
 Who calls what:
 
@@ -219,6 +220,13 @@ class Lease:
         pool, conn, driver = self.pool, self.conn, self.driver
         if pool._recycle > 0 and now - self.created_at > pool._recycle:
             raise Recycle(f"older than recycle={pool.options['recycle']} s")
+        if self.changed:
+            # The checkin cleared it: a raw handle kept from an earlier
+            # checkout (``cursor.connection``) changed the session while it
+            # was idle or parked.  (MySQL: ``session_changes`` below.)
+            raise sa_exc.DisconnectionError(
+                str(SessionChanged(frozenset(self.changed)))
+            )
         if driver.session_changes(conn):
             # A changed session never reaches a new checkout, however it got
             # back into the pool.

@@ -365,14 +365,21 @@ def _wrap_connect(original: Callable[..., Any], klass: type) -> Callable[..., An
 
     def connect(self: Any) -> Any:
         found = self.__dict__
-        if (
-            self.connection is None
-            and found.get("_djpool_pending") is None  # (an outer wrapper ran)
-            and _installed  # (a bound method kept past uninstall())
-            and _parkable(type(self))
-            and _fast_connect(self)
-        ):
-            return None
+        try:
+            if (
+                self.connection is None
+                and found.get("_djpool_pending") is None  # (an outer wrapper ran)
+                and _installed  # (a bound method kept past uninstall())
+                and _parkable(type(self))
+                and _fast_connect(self)
+            ):
+                return None
+        except BaseException:
+            if found.get("_djpool_released"):
+                # A failed connect ends transaction mode's "released" state,
+                # as its own connect() wrapper (not reached) would.
+                self._djpool_released = False
+            raise
         try:
             if own:
                 return original(self)

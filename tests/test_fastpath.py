@@ -333,6 +333,89 @@ def test_fastpath__transaction_mode_release_hands_connection_to_a_waiter(alias):
         close_old_connections()
 
 
+@pytest.mark.parametrize("alias", ALIASES)
+def test_fastpath__transaction_mode_failed_checkout_leaves_django_unconnected(alias):
+    """A checkout that fails in the fast path (here PoolTimeout: another
+    thread holds the only connection) leaves Django's connection as a failed
+    ``connect()`` does: ``connection.connection`` is None, read at once,
+    not another checkout (adversarial review of transaction-mode parking)."""
+    tx = {**TRANSACTION_MODE_ONE, "timeout": 0.3}
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: tx}}):
+        connection = connections[alias]
+        connection.close()
+        with connection.cursor() as cursor:  # released and parked after
+            cursor.execute(SESSION_SQL[connection.vendor])
+        holding, done = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with connections[alias].cursor() as cursor:  # takes the parked one
+                cursor.execute("SELECT 1")
+                holding.set()
+                done.wait(30)
+            connections[alias].close()
+
+        thread = threading.Thread(target=holder, daemon=True)
+        thread.start()
+        try:
+            assert holding.wait(30)
+            with pytest.raises(djpoolapp.PoolTimeout):
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT 1")
+            started = time.monotonic()
+            assert connection.connection is None
+            assert time.monotonic() - started < 0.2  # no checkout tried
+        finally:
+            done.set()
+            thread.join(30)
+        close_old_connections()
+
+
+#: A session change a stale raw handle makes, and how another session sees it.
+STALE_CHANGE = {
+    "postgresql": (
+        "SET application_name = 'stale_handle'",
+        "SELECT pg_backend_pid(), current_setting('application_name')",
+    ),
+    "mysql": ("SET @stale = 'stale_handle'", "SELECT CONNECTION_ID(), @stale"),
+}
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+@pytest.mark.parametrize("mode", ["request", "transaction"])
+def test_fastpath__stale_handle_change_never_reaches_the_next_checkout(alias, mode):
+    """A raw driver connection reached through a cursor
+    (``cursor.connection``, which does not pin) and used after its checkout
+    ended -- parked in either mode -- changes the session: another thread's
+    next checkout gets another session, never the changed one.  (PostgreSQL
+    handed the changed session out before: adversarial review.)"""
+    options = TRANSACTION_MODE_ONE if mode == "transaction" else ONE
+    change, probe = STALE_CHANGE[connections[alias].vendor]
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: options}}):
+        connection = connections[alias]
+        connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute(SESSION_SQL[connection.vendor])
+            (mine,) = cursor.fetchone()
+            raw = cursor.connection
+        if mode == "request":
+            close_old_connections()  # the request ends: parked
+        parked_lease(alias)
+        stale = raw.cursor()
+        stale.execute(change)
+        stale.close()
+
+        def other() -> tuple[int, Any]:
+            with connections[alias].cursor() as cursor:
+                cursor.execute(probe)
+                session, value = cursor.fetchone()
+            return int(session), value
+
+        theirs, value = in_thread(other, timeout=30)
+        assert value != "stale_handle" and value != b"stale_handle"
+        assert theirs != int(mine)  # replaced, not reset behind anyone's back
+        close_old_connections()
+
+
 @pytest.mark.postgres
 def test_fastpath__reset_connection_is_set_up_again_by_the_next_thread(monkeypatch):
     """A session the request changed is reset at its checkin (which undoes

@@ -473,3 +473,24 @@ def test_classify__fast_path_cost():
         )
     )
     assert best / runs < 20e-6
+
+
+def test_classify__remembers_recent_answers_within_bounds(monkeypatch):
+    """Recent answers are remembered (the ORM repeats its SQL text), the
+    memory is bounded (cleared when full, long statements never kept), and
+    a remembered answer is the answer."""
+    from djpoolapp import sql
+
+    monkeypatch.setattr(sql, "_memo", {})
+    monkeypatch.setattr(sql, "_MEMO_MAX_ENTRIES", 3)
+    statements = ["SELECT 1", "SET ROLE x", b"SET @a = 1", "BEGIN"]
+    answers = [classify("mysql", s) for s in statements]
+    assert answers == [frozenset(), {"role"}, {"user_variable"}, {"transaction"}]
+    assert len(sql._memo) <= 3
+    assert [classify("mysql", s) for s in statements] == answers
+    long = "SELECT " + "1, " * sql._MEMO_MAX_LENGTH + "1"
+    assert classify("postgresql", long) == frozenset()
+    assert ("postgresql", long) not in sql._memo
+    assert classify("postgresql", bytearray(b"SET x = 1")) == {"set"}  # unhashable
+    with pytest.raises(ValueError):
+        classify("oracle", "SELECT 1")
