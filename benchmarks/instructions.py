@@ -86,6 +86,7 @@ def worker(mode: str, database: str, queries: int, requests: int) -> None:
 
 
 def _instructions(mode: str, database: str, queries: int, requests: int) -> int:
+    """Instructions of one whole worker run under valgrind."""
     command = [
         "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
         sys.executable, str(Path(__file__).resolve()), "--worker", mode,
@@ -100,16 +101,24 @@ def _instructions(mode: str, database: str, queries: int, requests: int) -> int:
     raise RuntimeError(f"valgrind run failed ({mode}, {database}):\n{result.stderr}")
 
 
-def measure(databases: list[str], queries: list[int], modes: list[str]) -> list[dict]:
-    rows = []
+def measure(
+    databases: list[str],
+    queries: list[int],
+    modes: list[str],
+    requests: tuple[int, int] = (SHORT, LONG),
+) -> list[dict[str, Any]]:
+    """Rows ``{database, queries, mode, instructions}``: instructions per
+    request, from a short and a long run of *requests* requests."""
+    short_run, long_run = requests
+    rows: list[dict[str, Any]] = []
     for database in databases:
         for count in queries:
             for mode in modes:
-                short = _instructions(mode, database, count, SHORT)
-                long = _instructions(mode, database, count, LONG)
+                short = _instructions(mode, database, count, short_run)
+                long = _instructions(mode, database, count, long_run)
                 rows.append({
                     "database": database, "queries": count, "mode": mode,
-                    "instructions": round((long - short) / (LONG - SHORT)),
+                    "instructions": round((long - short) / (long_run - short_run)),
                 })  # fmt: skip
                 print(
                     f"{database:9} {count} queries  {mode:15} "
@@ -131,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
                         choices=("all", "postgres", "mysql"))  # fmt: skip
     parser.add_argument("--queries", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--mode", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--requests", type=int, nargs=2, default=[SHORT, LONG],
+                        metavar=("SHORT", "LONG"),
+                        help="Requests of the two runs per figure.")  # fmt: skip
     parser.add_argument("--json", type=Path, help="Also write the rows here.")
     servers.add_argument(parser)
     args = parser.parse_args(argv)
+    if not 0 < args.requests[0] < args.requests[1]:
+        parser.error("--requests SHORT LONG: 0 < SHORT < LONG")
     if shutil.which("valgrind") is None:
         print("instructions.py: valgrind is not installed", file=sys.stderr)
         return 2
@@ -141,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(_choice: servers.Choice) -> int:
         started = time.monotonic()
-        rows = measure(databases, args.queries, args.mode)
+        rows = measure(databases, args.queries, args.mode, tuple(args.requests))
         print(f"({time.monotonic() - started:.0f} s; {os.cpu_count()} CPUs)")
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
