@@ -129,14 +129,26 @@ def release_if_idle(db: Any) -> bool:
         return False
     if lease.driver.in_transaction(conn) is not False:
         return False
-    from .patch import note_parked, want_park  # (patch.py imports this module)
-
+    want_park, note_parked = _parking or _bind_parking()
     db._djpool_released = True
     db.__dict__["connection"] = None
     want_park(db, lease)
     lease.checkin()
     note_parked(db, lease)
     return True
+
+
+#: ``patch.want_park`` and ``patch.note_parked``, bound at the first release
+#: (patch.py imports this module: not importable at the top).
+_parking: tuple[Any, Any] | None = None
+
+
+def _bind_parking() -> tuple[Any, Any]:
+    global _parking
+    from .patch import note_parked, want_park
+
+    _parking = (want_park, note_parked)
+    return _parking
 
 
 def other_thread(db: Any) -> bool:
