@@ -234,31 +234,3 @@ def test_servers__auto_starts_private_ones_only_where_no_url_is_given(monkeypatc
             "postgres: external server " + servers.MACHINE_URL["postgres"],
         ]
         assert choice.label("postgres") == "external"
-
-
-def test_instructions__counts_a_request_under_valgrind(tmp_path):
-    """``benchmarks/instructions.py``: instructions per request counted by
-    valgrind (one tiny pair of runs, about 45 s under valgrind: no figure is
-    asserted beyond "positive"; valgrind's count is the product)."""
-    env = {
-        **os.environ,
-        "DJPOOL_BENCH_POSTGRES_URL": settings.POSTGRES_URL,
-        "DJPOOL_BENCH_MYSQL_URL": settings.MYSQL_URL,
-    }
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    output = tmp_path / "instructions.json"
-    done = subprocess.run(
-        [
-            sys.executable, str(ROOT / "benchmarks" / "instructions.py"),
-            "--database", "postgres", "--queries", "1", "--mode", "transaction",
-            "--requests", "5", "15", "--json", str(output),
-        ],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = json.loads(output.read_text())
-    assert [(r["database"], r["queries"], r["mode"]) for r in rows] == [
-        ("postgres", 1, "transaction")
-    ]
-    assert all(row["instructions"] > 0 for row in rows), rows
-    assert "instructions/request" in done.stdout

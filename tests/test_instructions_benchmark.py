@@ -1,0 +1,49 @@
+"""Smoke test of ``benchmarks/instructions.py`` (instructions per request
+under valgrind).
+
+On MariaDB only, which keeps it out of the psycopg2 session's cut (its
+verdict does not depend on the PostgreSQL driver): valgrind's start-up of
+Python and Django makes each run take about 20 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.slow, pytest.mark.mysql]
+
+
+def test_instructions__counts_a_request_under_valgrind(tmp_path):
+    """``benchmarks/instructions.py``: instructions per request counted by
+    valgrind (one tiny pair of runs, about 45 s under valgrind: no figure is
+    asserted beyond "positive"; valgrind's count is the product)."""
+    env = {
+        **os.environ,
+        "DJPOOL_BENCH_MYSQL_URL": settings.MYSQL_URL,
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    output = tmp_path / "instructions.json"
+    done = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "instructions.py"),
+            "--database", "mysql", "--queries", "1", "--mode", "transaction",
+            "--requests", "5", "15", "--json", str(output),
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(output.read_text())
+    assert [(r["database"], r["queries"], r["mode"]) for r in rows] == [
+        ("mysql", 1, "transaction")
+    ]
+    assert all(row["instructions"] > 0 for row in rows), rows
+    assert "instructions/request" in done.stdout
