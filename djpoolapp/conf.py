@@ -193,8 +193,8 @@ OPTIONS: dict[str, Option] = {
         True,
         "True or False",
         help="Fast path: between requests (transaction mode: between "
-        "statements) a clean connection stays parked with its Django connection, which takes it "
-        "back without Django's connect() set-up; another thread takes it when "
+        "statements) a clean connection stays parked with its Django "
+        "connection, which takes it back without Django's connect() set-up; another thread takes it when "
         "nothing else is idle, and a waiting checkout is handed one Django "
         "already set up. False: every request pays Django's connect() and "
         "SQLAlchemy's checkout. See docs/how_it_works.rst.",

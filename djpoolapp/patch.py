@@ -301,9 +301,6 @@ def _take(wrapper: Any, lease: Any, monotonic: Callable[[], float]) -> None:
         setattr(wrapper, name, value)
     wrapper.connection = lease.conn
     wrapper.run_on_commit = []
-    if lease.pool.transaction_mode:
-        # As transaction mode's connect() wrapper, skipped here, leaves it.
-        wrapper._djpool_released = False
 
 
 def _adoptable(wrapper: Any) -> Any:
@@ -365,21 +362,23 @@ def _wrap_connect(original: Callable[..., Any], klass: type) -> Callable[..., An
 
     def connect(self: Any) -> Any:
         found = self.__dict__
+        fast = None
         try:
-            if (
+            fast = (
                 self.connection is None
                 and found.get("_djpool_pending") is None  # (an outer wrapper ran)
                 and _installed  # (a bound method kept past uninstall())
                 and _parkable(type(self))
                 and _fast_connect(self)
-            ):
-                return None
-        except BaseException:
-            if found.get("_djpool_released"):
-                # A failed connect ends transaction mode's "released" state,
-                # as its own connect() wrapper (not reached) would.
+            )
+        finally:
+            if fast is not False and found.get("_djpool_released"):
+                # The fast path connected, or failed: transaction mode's
+                # "released" state ends, as its own connect() wrapper (not
+                # reached: it runs only on Django's connect()) would end it.
                 self._djpool_released = False
-            raise
+        if fast:
+            return None
         try:
             if own:
                 return original(self)

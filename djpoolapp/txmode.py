@@ -27,10 +27,11 @@ Where the release happens
     as Django's close at request end does in request mode, and ``connect()``
     takes a parked or already set-up connection back without Django's
     set-up (the fast path, ``patch.py``); another thread may take a parked
-    one whenever the pool has none idle.  Releases are attempted where a statement group ends: when a Django
-    cursor is closed (the ORM closes each cursor after reading its rows;
-    ``with connection.cursor()`` at block exit) and at the end of
-    ``set_autocommit(True)`` (the last step of the outermost ``atomic()``).
+    one whenever the pool has none idle.  Releases are attempted where a
+    statement group ends: when a Django cursor is closed (the ORM closes
+    each cursor after reading its rows; ``with connection.cursor()`` at
+    block exit) and at the end of ``set_autocommit(True)`` (the last step of
+    the outermost ``atomic()``).
     A cursor left open holds the connection until it is closed, garbage, or
     the request ends; that includes a server-side cursor
     (``QuerySet.iterator()`` / ``aiterator()`` on PostgreSQL), which holds it
