@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -106,25 +107,41 @@ def measure(
     queries: list[int],
     modes: list[str],
     requests: tuple[int, int] = (SHORT, LONG),
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Rows ``{database, queries, mode, instructions}``: instructions per
-    request, from a short and a long run of *requests* requests."""
+    request, from a short and a long run of *requests* requests.  *jobs*
+    valgrind runs at a time (each is one single-threaded process; the
+    counts do not depend on what runs beside it)."""
     short_run, long_run = requests
-    rows: list[dict[str, Any]] = []
-    for database in databases:
-        for count in queries:
-            for mode in modes:
-                short = _instructions(mode, database, count, short_run)
-                long = _instructions(mode, database, count, long_run)
-                rows.append({
-                    "database": database, "queries": count, "mode": mode,
-                    "instructions": round((long - short) / (long_run - short_run)),
-                })  # fmt: skip
-                print(
-                    f"{database:9} {count} queries  {mode:15} "
-                    f"{rows[-1]['instructions']:>10,} instructions/request",
-                    flush=True,
-                )
+    figures = [
+        (database, count, mode)
+        for database in databases
+        for count in queries
+        for mode in modes
+    ]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as executor:
+        runs = {
+            ((database, count, mode), requests_): executor.submit(
+                _instructions, mode, database, count, requests_
+            )
+            for database, count, mode in figures
+            for requests_ in (short_run, long_run)
+        }
+        rows: list[dict[str, Any]] = []
+        for figure in figures:
+            database, count, mode = figure
+            short = runs[figure, short_run].result()
+            long = runs[figure, long_run].result()
+            rows.append({
+                "database": database, "queries": count, "mode": mode,
+                "instructions": round((long - short) / (long_run - short_run)),
+            })  # fmt: skip
+            print(
+                f"{database:9} {count} queries  {mode:15} "
+                f"{rows[-1]['instructions']:>10,} instructions/request",
+                flush=True,
+            )
     return rows
 
 
@@ -143,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, nargs=2, default=[SHORT, LONG],
                         metavar=("SHORT", "LONG"),
                         help="Requests of the two runs per figure.")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="valgrind runs at a time (default: one per CPU).")  # fmt: skip
     parser.add_argument("--json", type=Path, help="Also write the rows here.")
     servers.add_argument(parser)
     args = parser.parse_args(argv)
@@ -155,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(_choice: servers.Choice) -> int:
         started = time.monotonic()
-        rows = measure(databases, args.queries, args.mode, tuple(args.requests))
+        rows = measure(
+            databases, args.queries, args.mode, tuple(args.requests), args.jobs
+        )
         print(f"({time.monotonic() - started:.0f} s; {os.cpu_count()} CPUs)")
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))

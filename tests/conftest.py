@@ -240,6 +240,37 @@ def monitor_connection(alias: str) -> Any:
     return conn
 
 
+_SESSION_LISTED = {
+    "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+    "mysql": "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s",
+}
+
+
+def wait_session_gone(alias: str, session: int, seconds: float = 5.0) -> bool:
+    """Whether the server stops listing *session* (pg_backend_pid() /
+    CONNECTION_ID()) within *seconds*.
+
+    A session ends asynchronously on both servers, after a client's close as
+    after pg_terminate_backend() or KILL: the backend (PostgreSQL) or handler
+    thread (MariaDB) leaves pg_stat_activity / PROCESSLIST only once it has
+    read the end of the stream and cleaned up, which on a loaded machine takes
+    longer than a monitor's next query.  A session still listed after
+    *seconds* was not ended."""
+    monitor = monitor_connection(alias)
+    try:
+        cursor = monitor.cursor()
+        deadline = time.monotonic() + seconds
+        while True:
+            cursor.execute(_SESSION_LISTED[connections[alias].vendor], [session])
+            if not cursor.fetchone()[0]:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+    finally:
+        monitor.close()
+
+
 #: Client sessions only: an autovacuum worker on the test database is listed
 #: with its ``datname`` and no client port, and was counted as a session
 #: (5 sampled for a 4-connection pool, docs/testing.rst).

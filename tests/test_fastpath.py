@@ -23,7 +23,7 @@ from sqlalchemy import event
 import djpoolapp
 from djpoolapp.lease import CLOSED, IDLE, PARKED
 from djpoolapp.pool import registry
-from tests.conftest import ALIASES
+from tests.conftest import ALIASES, wait_session_gone
 from tests.test_transparency import in_thread
 from tests.testapp.models import Item
 
@@ -576,17 +576,9 @@ def admin_kill() -> Any:
         cursor = conn.cursor()
         if connections[alias].vendor == "postgresql":
             cursor.execute("SELECT pg_terminate_backend(%s)", [session])
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                cursor.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s", [session]
-                )
-                if cursor.fetchone() is None:
-                    break
-                time.sleep(0.02)
         else:
             cursor.execute(f"KILL {int(session)}")
-        time.sleep(0.1)
+        wait_session_gone(alias, session)
 
     yield kill
     for conn in opened:

@@ -3,7 +3,7 @@ under valgrind).
 
 On MariaDB only, which keeps it out of the psycopg2 session's cut (its
 verdict does not depend on the PostgreSQL driver): valgrind's start-up of
-Python and Django makes each run take about 20 s.
+Python and Django makes each run take about 15 s.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.mysql]
 
 def test_instructions__counts_a_request_under_valgrind(tmp_path):
     """``benchmarks/instructions.py``: instructions per request counted by
-    valgrind (one tiny pair of runs, about 45 s under valgrind: no figure is
+    valgrind (one tiny pair of runs side by side, about 20 s: no figure is
     asserted beyond "positive"; valgrind's count is the product)."""
     env = {
         **os.environ,
@@ -36,7 +36,7 @@ def test_instructions__counts_a_request_under_valgrind(tmp_path):
         [
             sys.executable, str(ROOT / "benchmarks" / "instructions.py"),
             "--database", "mysql", "--queries", "1", "--mode", "transaction",
-            "--requests", "5", "15", "--json", str(output),
+            "--requests", "5", "15", "--jobs", "2", "--json", str(output),
         ],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

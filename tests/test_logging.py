@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from io import StringIO
 
@@ -18,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import djpoolapp
 from djpoolapp import metrics
 from djpoolapp.pool import registry
-from tests.conftest import ALIASES, monitor_connection
+from tests.conftest import ALIASES, monitor_connection, wait_session_gone
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -45,17 +44,7 @@ def kill(alias: str, session: int) -> None:
             cursor.execute(f"KILL {int(session)}")
         # The session ends asynchronously: wait until the server has let go
         # of it, so that its last word is on the client's socket.
-        listed = (
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
-            if postgres
-            else "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s"
-        )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            cursor.execute(listed, [session])
-            if not cursor.fetchone()[0]:
-                break
-            time.sleep(0.01)
+        wait_session_gone(alias, session)
         cursor.close()
     finally:
         monitor.close()

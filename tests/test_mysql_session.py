@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 from django.conf import settings
@@ -22,7 +21,7 @@ from django.test import override_settings
 
 import djpoolapp
 from djpoolapp.sql import classify
-from tests.conftest import monitor_connection
+from tests.conftest import monitor_connection, wait_session_gone
 from tests.modes import only, pool_mode  # noqa: F401  (every test, both modes)
 from tests.testapp import views_sql
 
@@ -109,24 +108,6 @@ def without_session(state):
     return {key: value for key, value in state.items() if key != "session"}
 
 
-def server_has_session(monitor, session_id) -> bool:
-    cursor = monitor.cursor()
-    cursor.execute(
-        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s",
-        [session_id],
-    )
-    return cursor.fetchone()[0] == 1
-
-
-def wait_gone(monitor, session_id, seconds=5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while server_has_session(monitor, session_id):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 # -- item 2: statements that change the session ------------------------------
 #: Each leaves state a fresh connection does not have (or looks as if it
 #: might); the next request must not see any of it.
@@ -159,7 +140,7 @@ CHANGES = {
 @pytest.mark.parametrize("change", sorted(CHANGES))
 @BOTH_MODES_AND_STOCK
 def test_next_request__sees_a_fresh_session_after(
-    change, mode, request_cycle, other_db, monitor
+    change, mode, request_cycle, other_db
 ):
     fresh = probe(request_cycle)
     changed = run(request_cycle, CHANGES[change].format(other=other_db))
@@ -168,7 +149,7 @@ def test_next_request__sees_a_fresh_session_after(
     if mode == "pooled" and classify("mysql", CHANGES[change]) - {"transaction"}:
         # The changed session was closed, not handed on.
         assert seen["session"] != changed["session"]
-        assert wait_gone(monitor, changed["session"])
+        assert wait_session_gone(ALIAS, changed["session"])
 
 
 @pytest.mark.parametrize(
@@ -295,7 +276,7 @@ def test_invalidations__are_counted_and_logged(pooled, request_cycle, caplog):
     ],
 )
 def test_unread_results__never_break_the_next_request(
-    sql, query, ping_after_idle, request_cycle, monitor
+    sql, query, ping_after_idle, request_cycle
 ):
     """Issue 11, item 3: a raw cursor left with rows or result sets unread."""
     options = {**ONE_CONNECTION, "ping_after_idle": ping_after_idle}
@@ -306,7 +287,7 @@ def test_unread_results__never_break_the_next_request(
             seen = probe(request_cycle)
             assert seen["select_42"] == 42
             assert seen["session"] != first["session"]
-        assert wait_gone(monitor, first["session"])
+        assert wait_session_gone(ALIAS, first["session"])
 
 
 @pytest.mark.parametrize("cursor", ["ss", "plain"])

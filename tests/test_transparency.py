@@ -22,7 +22,12 @@ from django.test import override_settings
 import djpoolapp
 from djpoolapp import conf
 from tests import modes
-from tests.conftest import ALIASES, driver_module, monitor_connection
+from tests.conftest import (
+    ALIASES,
+    driver_module,
+    monitor_connection,
+    wait_session_gone,
+)
 from tests.modes import only, pool_mode  # noqa: F401  (every test, both modes)
 from tests.testapp.models import Item
 
@@ -64,24 +69,6 @@ def in_thread(function, *args, timeout=None):
     if errors:
         raise errors[0]
     return result[0]
-
-
-def server_session_alive(alias: str, sid: int) -> bool:
-    monitor = monitor_connection(alias)
-    try:
-        cursor = monitor.cursor()
-        if connections[alias].vendor == "postgresql":
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [sid]
-            )
-        else:
-            cursor.execute(
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s",
-                [sid],
-            )
-        return bool(cursor.fetchone()[0])
-    finally:
-        monitor.close()
 
 
 def idle_in_transaction(alias: str) -> int:
@@ -243,7 +230,7 @@ def test_raw_close__closes_the_session_as_without_the_app(alias):
     assert status.checked_out == 0
     assert status.idle == 0
     assert status.invalidated == before + 1
-    assert not server_session_alive(alias, sid)
+    assert wait_session_gone(alias, sid)
     assert session_id(alias) != sid
 
 
@@ -333,7 +320,7 @@ def test_health_check__unusable_connection_is_never_handed_out_again(alias):
             new = session_id(alias)
         assert new != old
         assert djpoolapp.pool_status(alias)[alias].invalidated == before + 1
-        assert not server_session_alive(alias, old)
+        assert wait_session_gone(alias, old)
     finally:
         connection.close()
         connection.settings_dict["CONN_HEALTH_CHECKS"] = False
