@@ -65,7 +65,10 @@ Pinning
       another thread holds.  Reading it when Django's connection was
       released checks one out again, so code written for request mode sees
       the connection it expects.  Django's own modules and djpoolapp read
-      it without pinning.
+      it without pinning.  The same through a Django cursor
+      (``cursor.connection``, handed to the driver cursor by
+      ``CursorWrapper.__getattr__``); not through the driver's own cursor
+      (``cursor.cursor.connection``).
 """
 
 from __future__ import annotations
@@ -273,6 +276,33 @@ def _wrap_execute(original: Any, what: str = "statement") -> Any:
     return execute
 
 
+def _wrap_cursor_getattr(original: Any) -> Any:
+    """``CursorWrapper.__getattr__`` (Django's cursor hands every attribute
+    it lacks to the driver cursor): ``cursor.connection``, the driver
+    connection reached through a cursor, pins as ``connection.connection``
+    does when user code reads it."""
+
+    def __getattr__(self: Any, attr: str) -> Any:
+        value = original(self, attr)
+        if attr == "connection":
+            db = self.__dict__.get("db")
+            if (
+                db is not None
+                and db._djpool_txmode
+                and db._djpool_pin is None
+                and value is not None
+            ):
+                caller = _getframe(1).f_globals.get("__name__", "?")
+                if not caller.startswith(_INTERNAL):
+                    pin(db, f"cursor.connection read by {caller}")
+        return value
+
+    __getattr__.__name__ = original.__name__
+    __getattr__.__doc__ = original.__doc__
+    __getattr__._djpool_patched = True  # type: ignore[attr-defined]
+    return __getattr__
+
+
 def _driver_autocommit(db: Any, conn: Any) -> bool | None:
     """The driver connection's autocommit as the client knows it, without a
     round trip (mysqlclient: the status flags of the server's last reply);
@@ -374,6 +404,7 @@ def install() -> None:
     _set(CursorWrapper, "execute", _wrap_execute(CursorWrapper.execute))
     _set(CursorWrapper, "executemany", _wrap_execute(CursorWrapper.executemany))
     _set(CursorWrapper, "callproc", _wrap_execute(CursorWrapper.callproc, "callproc"))
+    _set(CursorWrapper, "__getattr__", _wrap_cursor_getattr(CursorWrapper.__getattr__))
     # Last: from here on Django's connection attribute goes through it.
     _set(base, "connection", ConnectionAttribute())
     logger.debug("Installed the pool_mode='transaction' hooks")

@@ -500,6 +500,48 @@ def test_pin__raw_connection_read_by_user_code(alias):
         assert status(alias).checked_out == 0
 
 
+#: A session change made through a raw handle, and how to read it back.
+RAW_CHANGE = {
+    "postgresql": ("SET application_name = 'raw_handle'", "SHOW application_name"),
+    "mysql": ("SET @raw_handle = 'raw_handle'", "SELECT @raw_handle"),
+}
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_pin__driver_connection_read_through_a_cursor(alias):
+    """The other road to the driver connection: Django's cursor hands
+    ``connection`` to the driver cursor.  Read by user code it pins, so a
+    session change made through it after the cursor closed is still there at
+    the request's next statement (as in request mode), and reset after."""
+    connection = connections[alias]
+    change, read = RAW_CHANGE[connection.vendor]
+    with transaction_mode(alias) as pins:
+        with connection.cursor() as cursor:  # attributes other than
+            cursor.execute(SESSION_ID[connection.vendor])  # connection: no pin
+            first = cursor.fetchone()[0]
+        assert pins() == 0 and not held(alias)
+        with connection.cursor() as cursor:
+            raw = cursor.connection
+        assert pins() == 1 and held(alias)
+        raw_cursor = raw.cursor()
+        raw_cursor.execute(change)
+        raw_cursor.close()
+        Item.objects.using(alias).count()
+        with connection.cursor() as cursor:
+            cursor.execute(SESSION_ID[connection.vendor])
+            assert cursor.fetchone()[0] == first
+            cursor.execute(read)
+            assert cursor.fetchone()[0] == "raw_handle"
+        assert held(alias)
+        connection.close()  # the end of the request: reset, returned
+        assert status(alias).checked_out == 0
+        with connection.cursor() as cursor:
+            cursor.execute(read)
+            assert cursor.fetchone()[0] != "raw_handle"
+        assert pins() == 1
+        connection.close()
+
+
 @pytest.mark.parametrize("alias", _pin_params(("postgresql",)))
 def test_iterator__server_side_cursor_holds_while_open_without_pinning(alias):
     """PostgreSQL: iterator() reads through a server-side cursor; it holds
