@@ -66,7 +66,9 @@ counters every session keeps (``LAST_INSERT_ID()``, ``lastval()``,
 
 String rules: MySQL ``'...'`` and ``"..."`` with backslash escapes and
 doubled quotes, `` `...` `` identifiers; PostgreSQL ``'...'``, ``E'...'``,
-``U&'...'``, ``"..."`` identifiers, ``$tag$...$tag$``, nested ``/* */``.
+``U&'...'``, ``"..."`` identifiers, ``$tag$...$tag$`` (a tag or a name may
+hold any non-ASCII character), nested ``/* */``.  Line comments end at a
+newline, on PostgreSQL at a carriage return too (as each server's lexer).
 When a statement contains a backslash it is also read with the other
 setting of backslash escapes (MySQL ``NO_BACKSLASH_ESCAPES`` /
 ``ANSI_QUOTES``, PostgreSQL ``standard_conforming_strings=off``), and the
@@ -216,13 +218,13 @@ _MYSQL_TOKEN = r"""
 
 _PG_TOKEN = r"""
   (?P<ws>\s+)
-| (?P<lc>--[^\n]*)
+| (?P<lc>--[^\n\r]*)
 | (?P<bc>/\*)
 | (?P<s>[Ee]'(?:[^'\\]|\\.|'')*'|[Uu]&'(?:[^']|'')*'|'(?:[^'{bs}]|{esc}'')*')
 | (?P<u>[Uu]&"(?:[^"]|"")*")
 | (?P<q>"(?:[^"]|"")*")
-| (?P<d>\$(?:[A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$)
-| (?P<w>[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*)
+| (?P<d>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$)
+| (?P<w>[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*)
 | (?P<n>\$\d+|[0-9][0-9A-Za-z_.]*)
 | (?P<o>::|:=|.)
 """

@@ -274,6 +274,18 @@ POSTGRES = [
     ("SELECT $$;$$", H),
     ("SELECT $tag$ ; SET x = 1 $tag$", H),
     ("SELECT $a$ $$ ; $a$", H),
+    # PostgreSQL ends a -- comment at a carriage return as well as a newline
+    ("SELECT 1 --x\r, set_config('search_path', 'x', false)", L("set")),
+    ("SELECT 1 --x\r; SET x = 1", L("set", "multi_statement")),
+    ("SELECT 1 -- x\r\n", H),
+    # dollar-quote tags and names may hold any non-ASCII character (outside
+    # the Basic Multilingual Plane too)
+    ("SELECT $\U0001f600$ ; SET x = 1 $\U0001f600$", H),
+    (
+        "SELECT $\U0001f600$ $$ $\U0001f600$, set_config('a', 'b', false) -- $$",
+        L("set"),
+    ),
+    ("SELECT 1 AS \U0001f600x", H),
     ("SELECT E'\\'; SET x = 1; --'", H),
     ("SELECT E'\\\\'", H),
     ("SELECT U&'\\0041;'", H),
