@@ -64,8 +64,10 @@ Pinning
       itself): a reference kept past a release would reach a session
       another thread holds.  Reading it when Django's connection was
       released checks one out again, so code written for request mode sees
-      the connection it expects.  Django's own modules and djpoolapp read
-      it without pinning.  The same through a Django cursor
+      the connection it expects.  Django's own code and djpoolapp's read it
+      without pinning (judged by the caller's source file; ``from
+      django.db import connection``, Django's proxy, is looked through to
+      its caller; code run by ``manage.py shell -c`` is the user's).  The same through a Django cursor
       (``cursor.connection``, handed to the driver cursor by
       ``CursorWrapper.__getattr__``); not through the driver's own cursor
       (``cursor.cursor.connection``).
@@ -76,9 +78,12 @@ from __future__ import annotations
 import _thread
 import functools
 import logging
+import os
 import sys
 from typing import Any
 
+import django
+import django.utils.connection
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 
@@ -90,8 +95,37 @@ _TRANSACTION = frozenset({"transaction"})
 #: Bound once: ``sys`` may already be None when a weak reference callback
 #: reads ``connection`` at interpreter exit.
 _getframe = sys._getframe
-#: Callers whose reads of ``connection.connection`` do not pin.
-_INTERNAL = ("django.", "djpoolapp.")
+#: Source directories of the callers whose reads of the driver connection do
+#: not pin: Django's and djpoolapp's own code.  Judged by the caller's file,
+#: not its module name: code that ``manage.py shell -c`` (or a piped script)
+#: runs has the shell command's module globals, but a file of its own
+#: ("<string>", "<stdin>").
+_INTERNAL = (
+    os.path.dirname(os.path.abspath(django.__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+)
+#: ``django.db.connection`` (``ConnectionProxy``) reads attributes on behalf
+#: of its caller: looked through.
+_PROXY_FILE = os.path.abspath(django.utils.connection.__file__)
+
+
+def _user_frame(frame: Any) -> Any:
+    """The frame of the user code behind *frame* (which reads the driver
+    connection), or None when Django's or djpoolapp's own code reads it.
+    Frames of ``ConnectionProxy`` are looked through."""
+    filename = frame.f_code.co_filename
+    if not filename.startswith(_INTERNAL):
+        return frame
+    if filename != _PROXY_FILE:
+        return None
+    frame = frame.f_back
+    if frame is None or frame.f_code.co_filename.startswith(_INTERNAL):
+        return None
+    return frame
+
+
+def _module_of(frame: Any) -> str:
+    return str(frame.f_globals.get("__name__", "?"))
 
 
 # -- the decisions ------------------------------------------------------------
@@ -229,16 +263,15 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
             pin(db, f"{', '.join(sorted(labels))}: {str(sql)[:200]!r}")
 
 
-def _user_reads_connection(db: Any, conn: Any) -> Any:
-    """``connection.connection`` read outside Django: pin (checking a
-    connection out again if Django's was released)."""
+def _user_reads_connection(db: Any, conn: Any, caller: Any) -> Any:
+    """``connection.connection`` read outside Django (from frame *caller*):
+    pin (checking a connection out again if Django's was released)."""
     if conn is None:
         if not db._djpool_released:
             return None  # not connected yet, as without the app
         db.ensure_connection()
         conn = db.__dict__.get("connection")
-    caller = _getframe(2).f_globals.get("__name__", "?")
-    pin(db, f"connection.connection read by {caller}")
+    pin(db, f"connection.connection read by {_module_of(caller)}")
     return conn
 
 
@@ -254,9 +287,10 @@ class ConnectionAttribute:
         conn = db.__dict__.get("connection")
         if not db._djpool_txmode or db._djpool_pin is not None:
             return conn
-        if _getframe(1).f_globals.get("__name__", "").startswith(_INTERNAL):
+        caller = _user_frame(_getframe(1))
+        if caller is None:
             return conn
-        return _user_reads_connection(db, conn)
+        return _user_reads_connection(db, conn, caller)
 
     def __set__(self, db: Any, value: Any) -> None:
         db.__dict__["connection"] = value
@@ -292,9 +326,9 @@ def _wrap_cursor_getattr(original: Any) -> Any:
                 and db._djpool_pin is None
                 and value is not None
             ):
-                caller = _getframe(1).f_globals.get("__name__", "?")
-                if not caller.startswith(_INTERNAL):
-                    pin(db, f"cursor.connection read by {caller}")
+                caller = _user_frame(_getframe(1))
+                if caller is not None:
+                    pin(db, f"cursor.connection read by {_module_of(caller)}")
         return value
 
     __getattr__.__name__ = original.__name__

@@ -500,6 +500,61 @@ def test_pin__raw_connection_read_by_user_code(alias):
         assert status(alias).checked_out == 0
 
 
+@pytest.mark.parametrize(
+    "how", ["proxy", "shell"], ids=["django.db.connection", "manage.py-shell-c"]
+)
+def test_pin__raw_connection_read_through_djangos_proxy_or_shell(how):
+    """Reads that reach the descriptor through Django's own code on the
+    user's behalf: ``from django.db import connection`` (``ConnectionProxy``
+    reads the attribute inside ``django.utils.connection``) and code that
+    ``manage.py shell -c`` runs (``exec`` with the shell command's module
+    globals, file ``<string>``).  Both are user code: after a release the read
+    takes a connection again and pins, as ``connections[alias].connection``
+    does (before: None, and no pin)."""
+    from django.db import connection as proxy
+
+    alias = "default"
+    connection = connections[alias]
+    with transaction_mode(alias) as pins:
+        first = session_id(alias)
+        assert not held(alias) and pins() == 0
+        if how == "proxy":
+            raw = proxy.connection
+        else:
+            namespace = {"__name__": "django.core.management.commands.shell"}
+            namespace["proxy"] = proxy
+            exec(compile("raw = proxy.connection", "<string>", "exec"), namespace)
+            raw = namespace["raw"]
+        assert raw is not None and held(alias)
+        assert pins() == 1
+        cursor = raw.cursor()
+        cursor.execute(SESSION_ID[connection.vendor])
+        assert cursor.fetchone()[0] == first
+        cursor.close()
+        connection.close()
+        assert status(alias).checked_out == 0
+
+
+def test_pin__djangos_own_reads_through_the_proxy_do_not_pin():
+    """Django's own code reading the driver connection through the proxy
+    (the caller behind ``ConnectionProxy`` is a file of Django's package) does
+    not pin, and reads what Django holds: None once released."""
+    import os
+
+    import django
+    from django.db import connection as proxy
+
+    alias = "default"
+    django_file = os.path.join(os.path.dirname(django.__file__), "db", "_djpool_t.py")
+    code = compile("raw = proxy.connection", django_file, "exec")
+    with transaction_mode(alias) as pins:
+        session_id(alias)
+        namespace = {"__name__": "django.db._djpool_t", "proxy": proxy}
+        exec(code, namespace)
+        assert namespace["raw"] is None
+        assert pins() == 0 and not held(alias)
+
+
 #: A session change made through a raw handle, and how to read it back.
 RAW_CHANGE = {
     "postgresql": ("SET application_name = 'raw_handle'", "SHOW application_name"),
