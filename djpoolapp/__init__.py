@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+#: PEP 440: 0.2.0 is not released yet (CHANGELOG.rst), so a development
+#: release of it; "0.2.0" when it is.
+__version__ = "0.2.0.dev0"
 __all__ = ["PoolStatus", "PoolTimeout", "__version__", "dispose", "pool_status"]
 
 if TYPE_CHECKING:

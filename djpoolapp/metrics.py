@@ -1,4 +1,4 @@
-"""Prometheus metrics of the pools (optional: ``pip install djpoolapp[prometheus]``).
+"""Prometheus metrics of the pools (optional: the ``prometheus`` extra).
 
 Importing this module needs ``prometheus_client``; djpoolapp imports it only
 when that package is installed, and then registers :class:`PoolCollector`
@@ -22,6 +22,7 @@ the pool keeps anyway.  Figures are per process, labelled by ``alias``:
 ``djpool_checkout_timeouts_total``     counter   ``PoolTimeout`` raised
 ``djpool_connections_pinned_total``    counter   pinned (``pool_mode``)
 ``djpool_checkout_seconds``            histogram time to hand out a connection
+``djpool_pool_info``                   info      ``pool_mode`` as a label
 ====================================== ========= ==========================
 """
 
@@ -35,6 +36,7 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    InfoMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -69,6 +71,14 @@ HISTOGRAM = (
     "djpool_checkout_seconds",
     "Seconds to hand Django a connection: waiting for a free one, the "
     "liveness check and, for a new one, connecting.",
+)
+
+#: The options that are not numbers, as labels of one info metric (always 1).
+INFO = (
+    "djpool_pool",
+    "The alias's pool options that are not numbers: pool_mode ('request' or "
+    "'transaction').",
+    ("pool_mode",),
 )
 
 
@@ -107,6 +117,13 @@ class PoolCollector(Collector):
                 buckets.append((bound, cumulative))
             histogram.add_metric([alias], buckets, sum_value=total)
         yield histogram
+        name, documentation, fields = INFO
+        info = InfoMetricFamily(name, documentation, labels=["alias"])
+        for alias, status in statuses.items():
+            info.add_metric(
+                [alias], {field: str(getattr(status, field)) for field in fields}
+            )
+        yield info
 
 
 _lock = threading.Lock()

@@ -52,6 +52,9 @@ class PoolStatus:
     #: (``pool_mode="transaction"``: session state, raw access, server-side
     #: cursors; the DEBUG log names each reason).
     pins: int = 0
+    #: ``pool_mode`` of the alias: ``"request"`` or ``"transaction"``; that
+    #: of the live pool once created, else what the settings say.
+    pool_mode: str = "request"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +109,7 @@ def _status(alias: str, vendor: str, pool: AliasPool | None) -> PoolStatus:
             invalidated=counters["invalidated"],
             timeouts=counters["timeouts"],
             pins=counters["pins"],
+            pool_mode=options.get("pool_mode", "request"),
         )
     queue_pool = pool.pool
     checked_out = queue_pool.checkedout()
@@ -125,6 +129,7 @@ def _status(alias: str, vendor: str, pool: AliasPool | None) -> PoolStatus:
         pins=counters["pins"],
         waiting=waiting_threads(pool),
         pool_created=True,
+        pool_mode="transaction" if pool.transaction_mode else "request",
     )
 
 

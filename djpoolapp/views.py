@@ -51,6 +51,13 @@ COLUMNS: list[tuple[str, str, str, bool]] = [
     ("alias", "Alias", "Database alias in DATABASES", False),
     ("vendor", "Vendor", "Database vendor", False),
     ("database", "Database", "user@host:port/database of the current pool", False),
+    (
+        "pool_mode",
+        "Mode",
+        "pool_mode: 'request' holds a connection for the whole request, "
+        "'transaction' only while a transaction, cursor or session state needs it",
+        False,
+    ),
     ("pool_size", "Size", "pool_size: connections kept open", True),
     ("max_overflow", "Max overflow", "Extra connections allowed under load", True),
     ("checked_out", "Checked out", "Connections Django holds now", True),

@@ -67,19 +67,21 @@ def test_status__table_of_every_pooled_alias():
     out, _ = djpool("status")
     lines = out.splitlines()
     assert lines[0].split() == [
-        "alias", "vendor", "database", "size", "max_overflow", "checked_out",
-        "idle", "overflow", "opened", "recycled", "invalidated", "timeouts",
+        "alias", "vendor", "database", "pool_mode", "size", "max_overflow",
+        "checked_out", "idle", "overflow", "opened", "recycled", "invalidated",
+        "timeouts",
     ]  # fmt: skip
     rows = {line.split()[0]: line.split() for line in lines[1:3]}
     for alias, vendor in (("default", "postgresql"), ("mysql", "mysql")):
         name = connections[alias].settings_dict["NAME"]
         user = connections[alias].settings_dict["USER"]
-        assert rows[alias][1:3] == [
+        assert rows[alias][1:4] == [
             vendor,
             f"{user}@127.0.0.1:{connections[alias].settings_dict['PORT']}/{name}",
+            "request",
         ]
         size, max_overflow, checked_out, idle, overflow, opened = map(
-            int, rows[alias][3:9]
+            int, rows[alias][4:10]
         )
         assert (size, max_overflow, checked_out, idle, overflow) == (5, 10, 0, 1, 0)
         assert opened >= 1
@@ -102,6 +104,48 @@ def test_status__one_alias_and_unknown_alias():
     assert list(json.loads(out)) == ["default"]
     with pytest.raises(CommandError, match="database alias 'lite' is not pooled"):
         djpool("status", "--database", "lite")
+
+
+def status_row(out: str, alias: str) -> dict[str, str]:
+    """The row of *alias* in ``djpool status``'s table, by column title."""
+    lines = out.splitlines()
+    row = next(line.split() for line in lines[1:] if line.split()[:1] == [alias])
+    return dict(zip(lines[0].split(), row, strict=True))
+
+
+@pytest.mark.postgres
+@pytest.mark.mysql
+@pytest.mark.parametrize("mode", ["request", "transaction"])
+def test_status__pool_mode_of_each_alias_before_and_after_its_pool_opens(mode):
+    other = {"request": "transaction", "transaction": "request"}[mode]
+    options = {"pool_mode": mode, "aliases": {"mysql": {"pool_mode": other}}}
+    expected = {"default": mode, "mysql": other}
+    with override_settings(DJPOOL_OPTIONS=options):  # disposes the pools
+        for opened in (False, True):
+            if opened:
+                use("default")
+                use("mysql")
+            statuses = djpoolapp.pool_status()
+            assert {a: statuses[a].pool_created for a in expected} == {
+                "default": opened,
+                "mysql": opened,
+            }
+            assert {a: statuses[a].pool_mode for a in expected} == expected
+            out, _ = djpool("status")
+            assert {a: status_row(out, a)["pool_mode"] for a in expected} == expected
+            data = json.loads(djpool("status", "--json")[0])
+            assert {a: data[a]["pool_mode"] for a in expected} == expected
+
+
+@pytest.mark.django_db(transaction=False, databases=[])
+def test_status__pool_mode_is_the_last_field_with_a_default():
+    """Positional construction of PoolStatus (its 12 fields without a default,
+    as before pool_mode) still works."""
+    fields = list(djpoolapp.PoolStatus.__dataclass_fields__)
+    assert fields[-1] == "pool_mode"
+    status = djpoolapp.PoolStatus("a", "postgresql", "", 5, 10, 0, 0, 0, 0, 0, 0, 0)
+    assert status.pool_mode == "request"
+    assert status.as_dict()["pool_mode"] == "request"
 
 
 # -- check -------------------------------------------------------------------
@@ -135,6 +179,17 @@ def test_check__server_tls_and_timings(alias):
         "OK: 1 alias(es) reachable through the pool, sized within the server's "
         "max_connections."
     )
+
+
+@pytest.mark.parametrize("mode", ["request", "transaction"])
+@pytest.mark.parametrize("alias", ALIASES)
+def test_check__shows_the_pool_mode(alias, mode):
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: {"pool_mode": mode}}}):
+        out, _ = djpool("check", "--database", alias)
+    (line,) = [line for line in out.splitlines() if line.startswith("  pool_mode ")]
+    assert line.split()[1] == mode
+    meaning = {"request": "per request", "transaction": "only while"}
+    assert meaning[mode] in line
 
 
 @pytest.mark.parametrize("alias", ALIASES)

@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 README = (ROOT / "README.rst").read_text()
+CHANGELOG = (ROOT / "CHANGELOG.rst").read_text()
 
 
 def sections(text: str) -> list[str]:
@@ -41,6 +42,25 @@ def test_readme__short_and_in_the_order_a_newcomer_needs():
     ]
     for command in ("djpool check", "djpool bench", 'pip install ".[psycopg,mysql]"'):
         assert command in README
+
+
+def test_version__is_the_changelogs_newest_release_per_pep_440():
+    """``djpoolapp.__version__`` (setup.cfg and docs/conf.py read it) is the
+    newest CHANGELOG entry: a development release of it while "unreleased"."""
+    from packaging.version import Version
+
+    import djpoolapp
+
+    newest = re.search(r"^(\d+\.\d+\.\d+)( \(unreleased\))?\n=+\n", CHANGELOG, re.M)
+    assert newest, "no release heading in CHANGELOG.rst"
+    version = Version(djpoolapp.__version__)
+    assert str(version) == djpoolapp.__version__  # normalized PEP 440
+    assert version.base_version == newest[1]
+    assert version.is_devrelease is bool(newest[2])
+    for page in [README, *(path.read_text() for path in DOCS.glob("*.rst"))]:
+        for since in re.findall(r"[Ss]ince (\d+\.\d+\.\d+)", page):
+            assert Version(since) <= Version(version.base_version), since
+    assert "version = attr: djpoolapp.__version__" in (ROOT / "setup.cfg").read_text()
 
 
 def test_readme__links_to_pages_that_exist():

@@ -118,6 +118,37 @@ def test_metrics__match_known_traffic(alias, scrape, request_cycle):
 
 
 @pytest.mark.postgres
+@pytest.mark.mysql
+@pytest.mark.parametrize("mode", ["request", "transaction"])
+def test_metrics__pool_mode_is_an_info_label(mode):
+    other = {"request": "transaction", "transaction": "request"}[mode]
+    options = {"pool_mode": mode, "aliases": {"mysql": {"pool_mode": other}}}
+    registry = CollectorRegistry()
+    metrics.register(registry)
+    try:
+        with override_settings(DJPOOL_OPTIONS=options):
+            for alias in ("default", "mysql"):
+                connections[alias].ensure_connection()
+                connections[alias].close()
+            text = generate_latest(registry).decode()
+    finally:
+        metrics.unregister(registry)
+    (family,) = [
+        family
+        for family in text_string_to_metric_families(text)
+        if family.name == "djpool_pool_info"
+    ]
+    modes = {
+        sample.labels["alias"]: sample.labels["pool_mode"] for sample in family.samples
+    }
+    assert {alias: modes[alias] for alias in ("default", "mysql")} == {
+        "default": mode,
+        "mysql": other,
+    }
+    assert {sample.value for sample in family.samples} == {1.0}
+
+
+@pytest.mark.postgres
 def test_metrics__checkout_histogram_is_consistent(scrape, request_cycle):
     # The histogram is cumulative over the process (earlier tests' checkouts
     # are in it): the checks are on what these 5 requests added.

@@ -196,6 +196,7 @@ def test_status_page__staff_sees_the_figures_of_every_pooled_alias(staff_client)
     for alias, status in expected.items():
         row = cells(html, alias)
         for field in (
+            "pool_mode",
             "pool_size",
             "max_overflow",
             "checked_out",
@@ -211,6 +212,24 @@ def test_status_page__staff_sees_the_figures_of_every_pooled_alias(staff_client)
         assert float(row["connect_ms"]) > 0  # it connected: a real measurement
     assert 'id="djpool-columns"' in html and "fetch(url" in html
     assert "<link" not in html and "src=" not in html  # no external assets
+
+
+@pytest.mark.postgres
+@pytest.mark.mysql
+@pytest.mark.parametrize("mode", ["request", "transaction"])
+def test_status_page__pool_mode_of_each_alias(staff_client, settings, mode):
+    other = {"request": "transaction", "transaction": "request"}[mode]
+    settings.DJPOOL_OPTIONS = {
+        "pool_mode": mode,
+        "aliases": {"mysql": {"pool_mode": other}},
+    }
+    use("default")
+    use("mysql")
+    expected = {"default": mode, "mysql": other}
+    html = staff_client.get(PAGE).content.decode()
+    assert {alias: cells(html, alias)["pool_mode"] for alias in expected} == expected
+    rows = {row["alias"]: row for row in staff_client.get(JSON).json()["aliases"]}
+    assert {alias: rows[alias]["pool_mode"] for alias in expected} == expected
 
 
 @pytest.mark.postgres

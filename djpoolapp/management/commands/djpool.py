@@ -27,6 +27,7 @@ STATUS_COLUMNS = (
     ("alias", "alias"),
     ("vendor", "vendor"),
     ("database", "database"),
+    ("pool_mode", "pool_mode"),
     ("pool_size", "size"),
     ("max_overflow", "max_overflow"),
     ("checked_out", "checked_out"),
@@ -37,6 +38,13 @@ STATUS_COLUMNS = (
     ("invalidated", "invalidated"),
     ("timeouts", "timeouts"),
 )
+
+#: What ``djpool check`` says each ``pool_mode`` means.
+POOL_MODES = {
+    "request": "a connection per request, from its first query to its end",
+    "transaction": "a connection only while a transaction, a cursor or pinned "
+    "session state needs it",
+}
 
 
 class Command(BaseCommand):
@@ -137,7 +145,7 @@ class Command(BaseCommand):
                 ]
                 for values in (status.as_dict() for status in statuses.values())
             ],
-            left=3,
+            left=4,
         )
         fresh = [name for name, status in statuses.items() if not status.pool_created]
         if fresh:
@@ -228,7 +236,7 @@ class Command(BaseCommand):
                 failures.append(str(error))
                 self.stderr.write(f"{name}: FAILED: {error}")
                 continue
-            self._print_report(report)
+            self._print_report(report, pool_status(name)[name].pool_mode)
             if report.over_capacity:
                 problem = (
                     f"database alias '{name}': pool_size {report.pool_size} + "
@@ -247,7 +255,7 @@ class Command(BaseCommand):
             )
         )
 
-    def _print_report(self, report: CheckReport) -> None:
+    def _print_report(self, report: CheckReport, pool_mode: str) -> None:
         capacity = report.pool_size + report.max_overflow
         limit = (
             f"; server max_connections {report.max_connections}"
@@ -265,6 +273,7 @@ class Command(BaseCommand):
              "back to the pool)"),
             ("round trip", f"{report.round_trip_ms:8.3f} ms  (SELECT 1 on the "
              "pooled connection)"),
+            ("pool_mode", f"{pool_mode}  ({POOL_MODES[pool_mode]})"),
             ("capacity", f"pool_size {report.pool_size} + max_overflow "
              f"{report.max_overflow} = {capacity} per process{limit}"
              f"{'  EXCEEDS max_connections' if report.over_capacity else ''}"),
