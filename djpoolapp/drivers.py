@@ -5,7 +5,9 @@ Django must receive a *real* driver connection: psycopg2's
 proxies shadow attributes such as ``info`` and swallow attribute writes such as
 ``autocommit = True``.  So each driver's own connection class is subclassed
 with :class:`PooledConnection`, whose ``close()`` checks the connection back
-into its pool instead of closing it.  Everything else is the driver's.
+into its pool instead of closing it, and whose state-changing entry points
+(methods and attribute setters) refuse a thread that does not hold the
+checkout (``Lease.check_caller``).  Everything else is the driver's.
 """
 
 from __future__ import annotations
@@ -89,11 +91,196 @@ class PooledConnection:
             lease.check_caller()
         super().rollback()  # type: ignore[misc]
 
+    # Every other entry point of the driver's connection that changes what
+    # the holder's session or its driver-side state does is checked the same
+    # way (:func:`pooled_class` builds the guards from these names; a name
+    # the installed driver lacks is skipped).  Reads stay the driver's own.
+    #: Attributes defined on the driver's class (properties, C descriptors):
+    #: their setter is checked, their getter is the driver's own.
+    _djpool_guarded_properties: tuple[str, ...] = ()
+    #: C descriptors read on the hot path (psycopg2's ``autocommit``): writes
+    #: are checked by the pooled class's ``__setattr__``, reads stay the C
+    #: descriptor's (a property around it costs 30-45 ns per read).
+    _djpool_guarded_slots: tuple[str, ...] = ()
+    #: Attributes kept in the instance ``__dict__``: a data descriptor with a
+    #: ``__set__`` only checks writes; reads still find the instance value.
+    _djpool_guarded_fields: tuple[str, ...] = ()
+    #: Methods checked before the driver's own runs.
+    _djpool_guarded_methods: tuple[str, ...] = ()
+
+
+class PooledPsycopgConnection(PooledConnection):
+    """psycopg 3's connection (see :class:`PooledConnection`).
+
+    Guarded: the session characteristics and prepared-statement settings
+    (property setters and ``set_*()``), the row and cursor factories (part
+    of ``PsycopgDriver.snapshot``), statements and transactions that do not
+    go through ``cursor()`` (``transaction()``, ``pipeline()``, two-phase
+    commit), the notification stream and the notice/notify handlers (they
+    would receive the holder's).  Not guarded: ``cancel()`` /
+    ``cancel_safe()`` (made to be called from another thread, over a
+    connection of their own; on a wrong session the holder sees an error,
+    never a silent change), ``wait()`` (psycopg's own machinery, every
+    statement), ``pgconn`` and ``adapters`` (escape hatches to libpq and to
+    the adaptation map, which cannot be watched), reads.
+    """
+
+    _djpool_guarded_properties = (
+        "autocommit", "isolation_level", "read_only", "deferrable",
+        "prepare_threshold", "prepared_max",
+    )  # fmt: skip
+    _djpool_guarded_fields = ("row_factory", "cursor_factory", "server_cursor_factory")
+    _djpool_guarded_methods = (
+        "set_autocommit", "set_isolation_level", "set_read_only", "set_deferrable",
+        "execute", "transaction", "pipeline", "notifies",
+        "tpc_begin", "tpc_prepare", "tpc_commit", "tpc_rollback", "tpc_recover",
+        "add_notice_handler", "remove_notice_handler",
+        "add_notify_handler", "remove_notify_handler",
+    )  # fmt: skip
+
+
+class PooledPsycopg2Connection(PooledConnection):
+    """psycopg2's connection (see :class:`PooledConnection`).
+
+    Guarded: the session characteristics (setters of ``autocommit``,
+    ``isolation_level``, ``readonly``, ``deferrable``; ``set_session()``,
+    ``set_isolation_level()``), ``cursor_factory``, the client encoding,
+    ``reset()``, two-phase commit and large objects.  Not guarded:
+    ``cancel()`` (made for another thread, see psycopg 3's), ``poll()``
+    (the wait callback of green threads calls it for every statement; on a
+    synchronous connection it only moves pending notifications into
+    ``notifies``, the same list the holder reads), ``get_native_connection()``
+    / ``pgconn_ptr`` (libpq itself), ``notices`` / ``notifies`` and the
+    type-caster dictionaries (mutable containers), reads.
+    """
+
+    _djpool_guarded_slots = (
+        "autocommit", "isolation_level", "readonly", "deferrable", "cursor_factory",
+    )  # fmt: skip
+    _djpool_guarded_methods = (
+        "set_session", "set_isolation_level", "set_client_encoding", "reset",
+        "tpc_begin", "tpc_prepare", "tpc_commit", "tpc_rollback", "tpc_recover",
+        "lobject",
+    )  # fmt: skip
+
+
+class _GuardedField:
+    """Class attribute that checks writes of the instance attribute *name*
+    (``Lease.check_caller``).  It has no ``__get__``: a read finds the value
+    in the instance ``__dict__`` as if the descriptor were not there."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __set__(self, conn: Any, value: Any) -> None:
+        lease = conn._djpool_lease
+        if lease is not None:
+            lease.check_caller()
+        conn.__dict__[self.name] = value
+
+    def __delete__(self, conn: Any) -> None:
+        lease = conn._djpool_lease
+        if lease is not None:
+            lease.check_caller()
+        try:
+            del conn.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+
+def _class_attribute(base: type, name: str) -> Any:
+    for klass in base.__mro__:
+        if name in vars(klass):
+            return vars(klass)[name]
+    return None
+
+
+def _guarded_property(descriptor: Any) -> property | None:
+    """*descriptor* (a property or a C getset/member descriptor) with its
+    setter checked; its getter is the driver's own (a property's ``fget``
+    function, or the C descriptor's ``__get__``: no Python frame on reads)."""
+    if isinstance(descriptor, property):
+        fget, fset, doc = descriptor.fget, descriptor.fset, descriptor.__doc__
+    elif hasattr(descriptor, "__set__") and hasattr(descriptor, "__get__"):
+        fget, fset = descriptor.__get__, descriptor.__set__
+        doc = getattr(descriptor, "__doc__", None)
+    else:
+        return None
+    if fset is None:
+        return None  # read-only: nothing to guard
+
+    def setter(conn: Any, value: Any) -> None:
+        lease = conn._djpool_lease
+        if lease is not None:
+            lease.check_caller()
+        fset(conn, value)
+
+    return property(fget, setter, doc=doc)
+
+
+def _guarded_setattr(names: frozenset[str], setattr_: Any) -> Any:
+    """A ``__setattr__`` that checks writes of *names* (C descriptors whose
+    reads must stay free), then sets as the driver's class does."""
+
+    def __setattr__(conn: Any, name: str, value: Any) -> None:
+        if name in names:
+            lease = conn._djpool_lease
+            if lease is not None:
+                lease.check_caller()
+        setattr_(conn, name, value)
+
+    return __setattr__
+
+
+def _guarded_method(function: Any) -> Any:
+    """*function* (the driver's method), run after ``Lease.check_caller``."""
+
+    def guarded(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        lease = conn._djpool_lease
+        if lease is not None:
+            lease.check_caller()
+        return function(conn, *args, **kwargs)
+
+    guarded.__name__ = getattr(function, "__name__", "guarded")
+    guarded.__qualname__ = f"Pooled.{guarded.__name__}"
+    guarded.__doc__ = getattr(function, "__doc__", None)
+    return guarded
+
+
+def _guards(base: type, mixin: type) -> dict[str, Any]:
+    """The checked entry points of *mixin* (``_djpool_guarded_*``) that
+    *base* has, for the pooled class's namespace."""
+    namespace: dict[str, Any] = {}
+    if not issubclass(mixin, PooledConnection):
+        return namespace  # (a cursor mixin)
+    for name in mixin._djpool_guarded_properties:
+        descriptor = _class_attribute(base, name)
+        guarded = _guarded_property(descriptor) if descriptor is not None else None
+        if guarded is not None:
+            namespace[name] = guarded
+    slots = frozenset(
+        name
+        for name in mixin._djpool_guarded_slots
+        if hasattr(_class_attribute(base, name), "__set__")
+    )
+    if slots:
+        namespace["__setattr__"] = _guarded_setattr(slots, base.__setattr__)
+    for name in mixin._djpool_guarded_fields:
+        if _class_attribute(base, name) is None:
+            namespace[name] = _GuardedField(name)
+    for name in mixin._djpool_guarded_methods:
+        function = _class_attribute(base, name)
+        if callable(function) and name not in vars(mixin):
+            namespace[name] = _guarded_method(function)
+    return namespace
+
 
 @functools.cache
 def pooled_class(base: type, mixin: type = PooledConnection) -> type:
     """The pooled subclass of a driver connection class (one per base)."""
-    return type(f"Pooled{base.__name__}", (mixin, base), {})
+    return type(f"Pooled{base.__name__}", (mixin, base), _guards(base, mixin))
 
 
 class WatchedCursor:
@@ -277,6 +464,25 @@ class PooledMySQLConnection(PooledConnection):
     #: the connection was opened; empty: its session is as Django set it up.
     _djpool_session_changes: frozenset[str] = frozenset()
 
+    # (Lease.check_caller, see PooledConnection.)  Guarded besides query(),
+    # send_query(), select_db() and set_character_set() below: every other
+    # call that sends a command on the session (mysqlclient has no lock: one
+    # from another thread would also interleave with the holder's protocol
+    # exchange) and the client-side settings that decide how the holder's
+    # statements and rows are encoded and built.  begin(), set_sql_mode()
+    # and show_warnings() go through query().  Not guarded:
+    # store_result(), use_result(), next_result(), discard_result() (they
+    # read what a statement of this checkout left, and the holder's cursors
+    # call them for every statement: a thread that cannot send a statement
+    # has nothing of its own to read), reads (insert_id(), get_autocommit(),
+    # escape(), ...), the ``encoders`` dictionary (a mutable container).
+    _djpool_guarded_properties = ("converter",)
+    _djpool_guarded_fields = ("cursorclass", "encoding")
+    _djpool_guarded_methods = (
+        "autocommit", "change_user", "set_server_option", "kill", "ping", "stat",
+        "shutdown", "dump_debug_info", "read_query_result",
+    )  # fmt: skip
+
     @property
     def _djpool_session_dirty(self) -> bool:
         """Whether the session may differ from a freshly set-up one."""
@@ -311,11 +517,17 @@ class PooledMySQLConnection(PooledConnection):
         return super().send_query(query)  # type: ignore[misc]
 
     def select_db(self, db: str) -> Any:
+        lease = self._djpool_lease
+        if lease is not None:
+            lease.check_caller()
         self._note_statement(_USE)
         return super().select_db(db)  # type: ignore[misc]
 
     def set_character_set(self, *args: Any, **kwargs: Any) -> Any:
         # mysql_set_character_set() changes the session without query().
+        lease = self._djpool_lease
+        if lease is not None:
+            lease.check_caller()
         self._note_statement(_SET)
         return super().set_character_set(*args, **kwargs)  # type: ignore[misc]
 
@@ -669,7 +881,9 @@ class PsycopgDriver(PostgresDriver):
         return lock is not None and lock.locked()
 
     def connect(self, kwargs: dict[str, Any]) -> Any:
-        connection_class: Any = pooled_class(self.module.Connection)
+        connection_class: Any = pooled_class(
+            self.module.Connection, PooledPsycopgConnection
+        )
         conn = connection_class.connect(**kwargs)
         conn.cursor_factory = pooled_class(conn.cursor_factory, WatchedPsycopgCursor)
         conn.server_cursor_factory = pooled_class(
@@ -729,7 +943,9 @@ class Psycopg2Driver(PostgresDriver):
         base = (
             kwargs.pop("connection_factory", None) or self.module.extensions.connection
         )
-        conn = self.module.connect(connection_factory=pooled_class(base), **kwargs)
+        conn = self.module.connect(
+            connection_factory=pooled_class(base, PooledPsycopg2Connection), **kwargs
+        )
         conn.cursor_factory = pooled_class(
             conn.cursor_factory or self.module.extensions.cursor, WatchedPsycopg2Cursor
         )

@@ -1,0 +1,431 @@
+"""Writes through a raw driver connection handle kept past its checkout
+(adversarial review 02): while another thread's request holds the same
+server session, every state-changing entry point of the pooled driver
+connection -- attribute setters as well as methods -- raises the driver's
+``InterfaceError`` (``Lease.check_caller``), as ``cursor()``, ``commit()``
+and ``rollback()`` already did.  Before, ``raw.autocommit = False`` (psycopg
+3, psycopg2) or ``raw.autocommit(False)`` (mysqlclient) switched autocommit
+off under the holder, whose next autocommit ``INSERT`` the checkin then
+rolled back: a lost write, no error.  Stock Django: the stale handle is a
+closed connection of its own.
+
+The holder itself, Django's thread sharing and djpoolapp's own checkin
+(session reset, recovery of an abandoned checkout) keep writing freely.
+Every case runs in both ``pool_mode``\\ s, on PostgreSQL (psycopg 3, or
+psycopg2 with ``DJPOOL_TEST_DRIVER=psycopg2``) and MariaDB.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connections
+from django.test import override_settings
+
+import djpoolapp
+from djpoolapp.drivers import (
+    PooledMySQLConnection,
+    PooledPsycopg2Connection,
+    PooledPsycopgConnection,
+)
+from djpoolapp.pool import registry
+from tests.conftest import driver_module
+from tests.modes import pool_mode  # noqa: F401  (every test, both modes)
+from tests.test_transparency import in_thread
+from tests.testapp.models import Item
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+ONE = {"pool_size": 1, "max_overflow": 0, "timeout": 10}
+
+Write = Callable[[Any], Any]
+
+
+def _enter(context: Any) -> None:
+    with context:
+        pass
+
+
+def _psycopg_writes() -> dict[str, Write]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    level = psycopg.IsolationLevel.SERIALIZABLE
+    return {
+        # property setters
+        "autocommit": lambda raw: setattr(raw, "autocommit", False),
+        "isolation_level": lambda raw: setattr(raw, "isolation_level", level),
+        "read_only": lambda raw: setattr(raw, "read_only", True),
+        "deferrable": lambda raw: setattr(raw, "deferrable", True),
+        "prepare_threshold": lambda raw: setattr(raw, "prepare_threshold", 0),
+        "prepared_max": lambda raw: setattr(raw, "prepared_max", 1),
+        # instance attributes
+        "row_factory": lambda raw: setattr(raw, "row_factory", dict_row),
+        "cursor_factory": lambda raw: setattr(
+            raw, "cursor_factory", psycopg.ClientCursor
+        ),
+        "server_cursor_factory": lambda raw: setattr(
+            raw, "server_cursor_factory", psycopg.ServerCursor
+        ),
+        # methods
+        "set_autocommit": lambda raw: raw.set_autocommit(False),
+        "set_isolation_level": lambda raw: raw.set_isolation_level(level),
+        "set_read_only": lambda raw: raw.set_read_only(True),
+        "set_deferrable": lambda raw: raw.set_deferrable(True),
+        "execute": lambda raw: raw.execute("SET statement_timeout = 1"),
+        "transaction": lambda raw: _enter(raw.transaction()),
+        "pipeline": lambda raw: _enter(raw.pipeline()),
+        "notifies": lambda raw: list(raw.notifies(timeout=0.01)),
+        "tpc_begin": lambda raw: raw.tpc_begin(raw.xid(1, "djpool", "stale")),
+        "tpc_prepare": lambda raw: raw.tpc_prepare(),
+        "tpc_commit": lambda raw: raw.tpc_commit(),
+        "tpc_rollback": lambda raw: raw.tpc_rollback(),
+        "tpc_recover": lambda raw: raw.tpc_recover(),
+        "add_notice_handler": lambda raw: raw.add_notice_handler(print),
+        "remove_notice_handler": lambda raw: raw.remove_notice_handler(print),
+        "add_notify_handler": lambda raw: raw.add_notify_handler(print),
+        "remove_notify_handler": lambda raw: raw.remove_notify_handler(print),
+    }
+
+
+def _psycopg2_writes() -> dict[str, Write]:
+    import psycopg2.extensions as extensions
+
+    level = extensions.ISOLATION_LEVEL_SERIALIZABLE
+    return {
+        # C descriptors (checked by __setattr__)
+        "autocommit": lambda raw: setattr(raw, "autocommit", False),
+        "isolation_level": lambda raw: setattr(raw, "isolation_level", level),
+        "readonly": lambda raw: setattr(raw, "readonly", True),
+        "deferrable": lambda raw: setattr(raw, "deferrable", True),
+        "cursor_factory": lambda raw: setattr(raw, "cursor_factory", extensions.cursor),
+        # methods
+        "set_session": lambda raw: raw.set_session(readonly=True, autocommit=False),
+        "set_isolation_level": lambda raw: raw.set_isolation_level(level),
+        "set_client_encoding": lambda raw: raw.set_client_encoding("LATIN1"),
+        "reset": lambda raw: raw.reset(),
+        "tpc_begin": lambda raw: raw.tpc_begin(raw.xid(1, "djpool", "stale")),
+        "tpc_prepare": lambda raw: raw.tpc_prepare(),
+        "tpc_commit": lambda raw: raw.tpc_commit(),
+        "tpc_rollback": lambda raw: raw.tpc_rollback(),
+        "tpc_recover": lambda raw: raw.tpc_recover(),
+        "lobject": lambda raw: raw.lobject(0, "w"),
+    }
+
+
+def _mysql_writes() -> dict[str, Write]:
+    from MySQLdb.cursors import DictCursor
+
+    settings = connections["mysql"].settings_dict
+    return {
+        # C descriptor and instance attributes
+        "converter": lambda raw: setattr(raw, "converter", {}),
+        "cursorclass": lambda raw: setattr(raw, "cursorclass", DictCursor),
+        "encoding": lambda raw: setattr(raw, "encoding", "latin1"),
+        # methods
+        "autocommit": lambda raw: raw.autocommit(False),
+        "change_user": lambda raw: raw.change_user(
+            settings["USER"], settings["PASSWORD"] or ""
+        ),
+        "set_server_option": lambda raw: raw.set_server_option(1),  # multi-stmt off
+        "kill": lambda raw: raw.kill(2**31 - 7),  # (no such session)
+        "ping": lambda raw: raw.ping(),
+        "stat": lambda raw: raw.stat(),
+        "shutdown": lambda raw: raw.shutdown(),
+        "dump_debug_info": lambda raw: raw.dump_debug_info(),
+        "read_query_result": lambda raw: raw.read_query_result(),
+        # guarded by PooledMySQLConnection's own methods
+        "select_db": lambda raw: raw.select_db("mysql"),
+        "set_character_set": lambda raw: raw.set_character_set("latin1"),
+        "query": lambda raw: raw.query("SET autocommit = 0"),
+        "send_query": lambda raw: raw.send_query("SET autocommit = 0"),
+    }
+
+
+def _postgres_driver() -> str:
+    return os.environ.get("DJPOOL_TEST_DRIVER", "psycopg") or "psycopg"
+
+
+_MIXINS: dict[str, type] = {
+    "psycopg": PooledPsycopgConnection,
+    "psycopg2": PooledPsycopg2Connection,
+    "MySQLdb": PooledMySQLConnection,
+}
+
+
+def _guarded_names(mixin: Any) -> set[str]:
+    return set(
+        mixin._djpool_guarded_properties
+        + mixin._djpool_guarded_slots
+        + mixin._djpool_guarded_fields
+        + mixin._djpool_guarded_methods
+    )
+
+
+def _cases() -> list[Any]:
+    """(alias, name) for every guarded entry point of the drivers in use."""
+    driver = _postgres_driver()
+    postgres = _psycopg2_writes() if driver == "psycopg2" else _psycopg_writes()
+    cases = [
+        pytest.param("default", name, marks=pytest.mark.postgres, id=f"postgres-{name}")
+        for name in postgres
+    ]
+    cases += [
+        pytest.param("mysql", name, marks=pytest.mark.mysql, id=f"mysql-{name}")
+        for name in _MYSQL_NAMES
+    ]
+    return cases
+
+
+_MYSQL_NAMES = (
+    "converter", "cursorclass", "encoding", "autocommit", "change_user",
+    "set_server_option", "kill", "ping", "stat", "shutdown", "dump_debug_info",
+    "read_query_result", "select_db", "set_character_set", "query", "send_query",
+)  # fmt: skip
+
+
+_NEVER_UNGUARDED = {"shutdown", "read_query_result", "dump_debug_info"}
+
+
+def _writes(alias: str) -> dict[str, Write]:
+    module = driver_module(alias).__name__
+    if module == "MySQLdb":
+        return _mysql_writes()
+    return _psycopg2_writes() if module == "psycopg2" else _psycopg_writes()
+
+
+def _state(raw: Any) -> tuple[Any, ...]:
+    """What the holder's driver connection looks like client-side."""
+    if hasattr(raw, "get_autocommit"):  # mysqlclient
+        return (
+            raw.get_autocommit(), raw.converter is not None, raw.cursorclass,
+            raw.encoding, raw.character_set_name(),
+        )  # fmt: skip
+    lease = raw._djpool_lease
+    return (raw.autocommit, lease.driver.snapshot(raw))
+
+
+@pytest.fixture
+def one_connection() -> Any:
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+    with override_settings(DJPOOL_OPTIONS=ONE):
+        yield
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+
+
+def test_every_guarded_entry_point_has_a_case():
+    """Each name the pooled classes guard is exercised below (and each case
+    names something the driver has)."""
+    if _postgres_driver() == "psycopg2":  # (psycopg 3 is not importable then)
+        assert _guarded_names(PooledPsycopg2Connection) == set(_psycopg2_writes())
+    else:
+        assert _guarded_names(PooledPsycopgConnection) == set(_psycopg_writes())
+    own = {"select_db", "set_character_set", "query", "send_query"}
+    assert _guarded_names(PooledMySQLConnection) | own == set(_MYSQL_NAMES)
+
+
+@pytest.mark.parametrize(("alias", "name"), _cases())
+def test_stale_handle__write_refused_while_another_thread_holds_the_session(
+    alias, name, one_connection
+):
+    """Request A (this thread) keeps the raw handle past its request.
+    Request B (another thread) holds the same session and makes two
+    autocommit writes; between them A writes through its handle.  A gets
+    the driver's InterfaceError, B's session is as B left it and both of
+    B's writes are in the database; nothing is invalidated."""
+    write = _writes(alias)[name]
+    module = driver_module(alias)
+    connection = connections[alias]
+    connection.ensure_connection()
+    raw = connection.connection
+    if name in _NEVER_UNGUARDED:
+        # Not tried unguarded (it would stop the server, or wait for ever).
+        assert name in vars(type(raw)), f"{name} is not guarded"
+    connection.close()  # A's request ends: the session goes back to the pool
+    invalidated = djpoolapp.pool_status(alias)[alias].invalidated
+    first_done = threading.Event()
+    attempted = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def request_b() -> None:
+        b = connections[alias]
+        b.ensure_connection()
+        held = b.connection  # (transaction mode: pinned, held between writes)
+        seen["same session"] = held is raw
+        Item.objects.using(alias).create(name="b1")
+        seen["before"] = _state(held)
+        first_done.set()
+        assert attempted.wait(10)
+        seen["after"] = _state(held)
+        Item.objects.using(alias).create(name="b2")
+        seen["autocommit"] = b.get_autocommit()
+
+    thread = threading.Thread(target=lambda: in_thread(request_b))
+    thread.start()
+    try:
+        assert first_done.wait(10)
+        try:
+            write(raw)
+            seen["error"] = None
+        except Exception as error:
+            seen["error"] = error
+    finally:
+        attempted.set()
+        thread.join(20)
+    assert not thread.is_alive()
+    assert seen["same session"], "pool_size=1: B must hold A's old session"
+
+    def read_back() -> list[str]:
+        return list(
+            Item.objects.using(alias)
+            .filter(name__in=["b1", "b2"])
+            .order_by("name")
+            .values_list("name", flat=True)
+        )
+
+    assert in_thread(read_back) == ["b1", "b2"], "B's write was lost"
+    assert seen["after"] == seen["before"], f"{name} changed B's connection"
+    assert seen["autocommit"] is True
+    error = seen["error"]
+    assert isinstance(error, module.InterfaceError), f"{name}: {error!r}"
+    assert "another thread" in str(error)
+    assert djpoolapp.pool_status(alias)[alias].invalidated == invalidated
+    assert djpoolapp.pool_status(alias)[alias].checked_out == 0
+
+
+def _holder_writes(alias: str) -> list[tuple[str, Write, Write]]:
+    """(what, change, undo) the holder makes through its own raw handle."""
+    module = driver_module(alias).__name__
+    if module == "MySQLdb":
+        return [
+            ("autocommit", lambda r: r.autocommit(False), lambda r: r.autocommit(True)),
+            ("ping", lambda r: r.ping(), lambda r: None),
+            ("stat", lambda r: r.stat(), lambda r: None),
+        ]
+    if module == "psycopg2":
+        return [
+            ("autocommit", lambda r: setattr(r, "autocommit", False),
+             lambda r: setattr(r, "autocommit", True)),
+            ("readonly", lambda r: setattr(r, "readonly", True), lambda r: None),
+            ("set_session", lambda r: r.set_session(deferrable=True), lambda r: None),
+        ]  # fmt: skip
+    return [
+        ("autocommit", lambda r: setattr(r, "autocommit", False),
+         lambda r: setattr(r, "autocommit", True)),
+        ("read_only", lambda r: setattr(r, "read_only", True), lambda r: None),
+        ("set_deferrable", lambda r: r.set_deferrable(True), lambda r: None),
+        ("prepare_threshold", lambda r: setattr(r, "prepare_threshold", None),
+         lambda r: None),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "alias",
+    [
+        pytest.param("default", marks=pytest.mark.postgres, id="postgres"),
+        pytest.param("mysql", marks=pytest.mark.mysql, id="mysql"),
+    ],
+)
+def test_holder_writes_through_its_own_handle_and_the_reset_undoes_them(
+    alias, one_connection
+):
+    """The thread holding the checkout writes through
+    ``connection.connection`` as without the app; the checkin's session
+    reset (djpoolapp writing the attributes back, no checkout held) undoes
+    them in place: the next request gets the same session, as fresh."""
+    connection = connections[alias]
+    connection.ensure_connection()
+    raw = connection.connection
+    fresh = _state(raw)
+    invalidated = djpoolapp.pool_status(alias)[alias].invalidated
+    Item.objects.using(alias).create(name="holder")
+    for _what, change, undo in _holder_writes(alias):
+        change(raw)
+        undo(raw)
+    connection.close()
+    connection.ensure_connection()
+    assert connection.connection is raw  # reset in place, not replaced
+    assert _state(raw) == fresh
+    assert Item.objects.using(alias).filter(name="holder").count() == 1
+    connection.close()
+    assert djpoolapp.pool_status(alias)[alias].invalidated == invalidated
+
+
+@pytest.mark.parametrize(
+    "alias",
+    [
+        pytest.param("default", marks=pytest.mark.postgres, id="postgres"),
+        pytest.param("mysql", marks=pytest.mark.mysql, id="mysql"),
+    ],
+)
+def test_thread_sharing__another_thread_writes_when_django_allows_it(
+    alias, one_connection
+):
+    """``inc_thread_sharing()`` (Django's own opt-in): a thread that is not
+    the holder uses the holder's handle, as it does the Django connection."""
+    connection = connections[alias]
+    connection.ensure_connection()
+    raw = connection.connection
+    connection.inc_thread_sharing()
+    try:
+        change, undo = _holder_writes(alias)[0][1:]
+        in_thread(change, raw)
+        in_thread(undo, raw)
+        assert connection.get_autocommit() is True
+    finally:
+        connection.dec_thread_sharing()
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "alias",
+    [
+        pytest.param("default", marks=pytest.mark.postgres, id="postgres"),
+        pytest.param("mysql", marks=pytest.mark.mysql, id="mysql"),
+    ],
+)
+def test_recovery__of_an_abandoned_checkout_resets_from_another_thread(
+    alias, one_connection, caplog
+):
+    """A thread changes its session's driver attributes and ends without
+    closing: the pool recovers the checkout from whichever thread the
+    garbage collector runs (not the holder) and its reset writes the
+    attributes back without tripping over the check; the next request gets
+    the session back, as fresh."""
+    connection = connections[alias]
+    connection.ensure_connection()
+    fresh = _state(connection.connection)
+    connection.close()
+
+    def abandon() -> None:
+        c = connections[alias]
+        c.ensure_connection()
+        raw = c.connection
+        for _what, change, _undo in _holder_writes(alias)[1:]:
+            change(raw)
+        if driver_module(alias).__name__ == "MySQLdb":
+            raw.autocommit(False)  # left off: the recovery rolls back
+        # ends without closing
+
+    caplog.set_level(logging.WARNING, logger="djpoolapp")
+    thread = threading.Thread(target=abandon)
+    thread.start()
+    thread.join(20)
+    del thread
+    gc.collect()
+    gc.collect()
+    assert djpoolapp.pool_status(alias)[alias].checked_out == 0
+    assert "Could not return" not in caplog.text
+    assert registry.stats(alias).recovered >= 1
+    connection.ensure_connection()
+    assert _state(connection.connection) == fresh
+    assert connection.get_autocommit() is True
+    connection.close()
