@@ -12,10 +12,17 @@ from typing import TYPE_CHECKING, Any
 #: PEP 440: 0.2.0 is not released yet (CHANGELOG.rst), so a development
 #: release of it; "0.2.0" when it is.
 __version__ = "0.2.0.dev0"
-__all__ = ["PoolStatus", "PoolTimeout", "__version__", "dispose", "pool_status"]
+__all__ = [
+    "PoolStatus",
+    "PoolTimeout",
+    "SessionValueLost",
+    "__version__",
+    "dispose",
+    "pool_status",
+]
 
 if TYPE_CHECKING:
-    from .exceptions import PoolTimeout
+    from .exceptions import PoolTimeout, SessionValueLost
     from .status import PoolStatus, dispose, pool_status
 
 
@@ -25,8 +32,8 @@ def __getattr__(name: str) -> Any:
         from . import status
 
         return getattr(status, name)
-    if name == "PoolTimeout":
-        from .exceptions import PoolTimeout
+    if name in ("PoolTimeout", "SessionValueLost"):
+        from . import exceptions
 
-        return PoolTimeout
+        return getattr(exceptions, name)
     raise AttributeError(f"module 'djpoolapp' has no attribute {name!r}")

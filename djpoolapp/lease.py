@@ -154,6 +154,8 @@ class Lease:
         "set_up_attributes",
         "serial",
         "orphans",
+        "epoch",
+        "last_holder",
         "__weakref__",
     )
 
@@ -207,6 +209,14 @@ class Lease:
         #: Names of server-side cursors of this checkout closed on the client
         #: only (:meth:`orphan`), for the holder to close; None: none.
         self.orphans: list[str] | None = None
+        #: Bumped by a checkout for another Django connection than the one
+        #: that held it last (:attr:`last_holder`); a taking back by the same
+        #: one (:meth:`claim`, or a checkout) leaves it: a Django connection
+        #: whose previous statement ran in this epoch knows that no other
+        #: ran one on the session since (``txmode``, values such as
+        #: ``lastval()``).
+        self.epoch = 0
+        self.last_holder: weakref.ref[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<Lease {self.state} of {self.pool!r}>"
@@ -261,7 +271,10 @@ class Lease:
         self.state = IN_USE
         self.fresh = True
         callback = self._owner_gone
-        self.holder = weakref.ref(wrapper, callback)
+        last = self.last_holder
+        if last is None or last() is not wrapper:
+            self.epoch += 1
+        self.last_holder = self.holder = weakref.ref(wrapper, callback)
         self.owner = weakref.ref(_current_owner(), callback)
 
     # -- what happens during the lease ---------------------------------------

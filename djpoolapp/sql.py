@@ -62,7 +62,10 @@ What it does not see (documented in docs/behaviour_sql.rst): state changed
 inside a user-defined function or procedure body called from a ``SELECT``
 (only ``CALL`` and the built-ins above are flagged), and per-statement
 counters every session keeps (``LAST_INSERT_ID()``, ``lastval()``,
-``FOUND_ROWS()``, warnings).
+``FOUND_ROWS()``, warnings): no reset is needed for them;
+:func:`reads_session_value` and :func:`sets_session_value` find the
+statements that read and (on purpose) set them, for
+``pool_mode="transaction"``.
 
 String rules: MySQL ``'...'`` and ``"..."`` with backslash escapes and
 doubled quotes, `` `...` `` identifiers; PostgreSQL ``'...'``, ``E'...'``,
@@ -84,7 +87,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["LABELS", "classify"]
+__all__ = ["LABELS", "classify", "reads_session_value", "sets_session_value"]
 
 LABELS = frozenset(
     {
@@ -197,6 +200,110 @@ def _classify(vendor: str, statement: str | bytes) -> frozenset[str]:
         else statement
     )
     return _classify_slow(vendor, text)
+
+
+# -- values a later statement reads back ---------------------------------------
+# Every session keeps values about its own earlier statements that a later
+# statement may read back: PostgreSQL lastval() and currval() (set by
+# nextval(), which an INSERT calls for a serial or identity column), MySQL
+# LAST_INSERT_ID(), FOUND_ROWS() and ROW_COUNT().  They need no reset (a new
+# session has none and the next request sets its own), but in
+# pool_mode="transaction" the statement that reads one must run on the
+# session, and right after the statements, of the request that set it.
+
+#: Functions that read such a value.
+_READERS = {
+    "postgresql": frozenset({"lastval", "currval"}),
+    "mysql": frozenset({"last_insert_id", "found_rows", "row_count"}),
+}
+_READER_WORDS = {
+    vendor: re.compile(r"\b(?:" + "|".join(sorted(names)) + r")\b", re.I)
+    for vendor, names in _READERS.items()
+}
+#: Statements whose only purpose is to set one for a later statement:
+#: explicit nextval() / setval(), LAST_INSERT_ID(expr), SQL_CALC_FOUND_ROWS.
+#: (An INSERT sets one too, but an INSERT's own id comes back with it:
+#: RETURNING, cursor.lastrowid.)  Searched in the raw text, strings and names
+#: included: a false alarm costs a pin.
+_SETTER_WORDS = {
+    "postgresql": re.compile(r"\b(?:nextval|setval)\b|&", re.I),
+    "mysql": re.compile(
+        r"\blast_insert_id\s*\((?!\s*\))|\bsql_calc_found_rows\b", re.I
+    ),
+}
+_setter_memo: dict[tuple[str, Any], bool] = {}
+_reader_memo: dict[tuple[str, Any], bool] = {}
+
+
+def _remembered(
+    memo: dict[tuple[str, Any], bool],
+    vendor: str,
+    statement: str | bytes,
+    answer: Any,
+) -> bool:
+    key = (vendor, statement)
+    try:
+        return memo[key]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable (bytearray, memoryview): not remembered
+        return bool(answer(vendor, _text(statement)))
+    result = bool(answer(vendor, _text(statement)))
+    if len(statement) <= _MEMO_MAX_LENGTH:
+        if len(memo) >= _MEMO_MAX_ENTRIES:
+            memo.clear()
+        memo[key] = result
+    return result
+
+
+def _text(statement: str | bytes) -> str:
+    return (
+        statement if isinstance(statement, str) else bytes(statement).decode("latin-1")
+    )
+
+
+def _vendor_check(vendor: str, function: str) -> None:
+    if vendor not in _READERS:
+        raise ValueError(f"{function}(): unknown vendor {vendor!r}")
+
+
+def sets_session_value(vendor: str, statement: str | bytes) -> bool:
+    """Whether *statement* may exist to set a per-session value for a later
+    statement to read (``nextval()``, ``setval()``, ``LAST_INSERT_ID(expr)``,
+    ``SQL_CALC_FOUND_ROWS``); sound (a false alarm is possible, a miss is
+    not, except inside functions and triggers, as :func:`classify`).
+    *vendor*: ``"postgresql"`` or ``"mysql"``; another raises ``ValueError``."""
+    _vendor_check(vendor, "sets_session_value")
+    return _remembered(
+        _setter_memo, vendor, statement,
+        lambda v, text: _SETTER_WORDS[v].search(text),
+    )  # fmt: skip
+
+
+def reads_session_value(vendor: str, statement: str | bytes) -> bool:
+    """Whether *statement* calls a function that reads a value the session
+    kept from an earlier statement: ``lastval()``, ``currval()`` (PostgreSQL),
+    ``LAST_INSERT_ID()``, ``FOUND_ROWS()``, ``ROW_COUNT()`` (MySQL).  Only
+    calls count (a name followed by ``(`` outside strings and comments), so
+    a statement that merely mentions one in a string is not such a reader;
+    spellings through ``U&"..."`` are not seen.  *vendor*: ``"postgresql"``
+    or ``"mysql"``; another raises ``ValueError``."""
+    _vendor_check(vendor, "reads_session_value")
+    return _remembered(_reader_memo, vendor, statement, _reads)
+
+
+def _reads(vendor: str, text: str) -> bool:
+    if _READER_WORDS[vendor].search(text) is None:
+        return False
+    names = _READERS[vendor]
+    for backslash in (True, False) if "\\" in text else (True,):
+        previous: Token = ("", "")
+        for token in _tokens(vendor, text, backslash):
+            if token == ("o", "(") and previous[0] in ("w", "q"):
+                if previous[1] in names:
+                    return True
+            previous = token
+    return False
 
 
 # -- tokenizer -----------------------------------------------------------------

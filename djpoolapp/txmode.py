@@ -87,7 +87,8 @@ import django.utils.connection
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 
-from .sql import classify
+from .exceptions import SessionValueLost
+from .sql import classify, reads_session_value, sets_session_value
 
 logger = logging.getLogger("djpoolapp")
 
@@ -246,13 +247,16 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
     lease = getattr(conn, "_djpool_lease", None)
     if lease is None or lease.in_setup or db._djpool_connecting:
         return
+    text: Any = None
     if what != "statement":
         labels = frozenset({what})
     elif isinstance(sql, (str, bytes)):
+        text = sql
         labels = classify(db.vendor, sql)
     else:  # psycopg's composed queries (sql.SQL(...).format(...))
         try:
-            labels = classify(db.vendor, sql.as_string(conn))
+            text = sql.as_string(conn)
+            labels = classify(db.vendor, text)
         except Exception:
             labels = frozenset({"unknown"})
     if labels and labels != _TRANSACTION:
@@ -261,6 +265,32 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
         lease.note_statement(labels - _TRANSACTION)
         if db._djpool_pin is None:
             pin(db, f"{', '.join(sorted(labels))}: {str(sql)[:200]!r}")
+    if text is None:
+        return
+    if db._djpool_pin is None and sets_session_value(db.vendor, text):
+        # nextval() / LAST_INSERT_ID(x) / SQL_CALC_FOUND_ROWS are there for
+        # a later statement to read: kept (no reset needed).
+        pin(db, f"sets a value for a later statement: {str(text)[:200]!r}")
+    last = db._djpool_last_statement
+    if (
+        last is not None
+        and (last[0] is not lease or last[1] != lease.epoch)
+        and reads_session_value(db.vendor, text)
+    ):
+        raise SessionValueLost(
+            f"djpoolapp: {str(text)[:200]!r} reads a value the session kept "
+            "from an earlier statement (lastval(), currval(), "
+            "LAST_INSERT_ID(), FOUND_ROWS(), ROW_COUNT()), but with "
+            f"pool_mode='transaction' the connection of {db.alias!r} was "
+            "released after that statement and another request has used "
+            "this server session since, or another session serves this "
+            "statement: the value would be another request's.  Read it with "
+            "the statement that sets it (INSERT ... RETURNING, "
+            "cursor.lastrowid), in the same cursor block, or inside one "
+            "transaction.atomic() with it; or use pool_mode='request' for "
+            "this alias."
+        )
+    db._djpool_last_statement = (lease, lease.epoch)
 
 
 def _user_reads_connection(db: Any, conn: Any, caller: Any) -> Any:
@@ -399,6 +429,7 @@ def _wrap_close(original: Any) -> Any:
             if self.__dict__.get("connection") is None:
                 self._djpool_pin = None  # the request (or its owner) ended
                 self._djpool_released = False
+                self._djpool_last_statement = None
 
     close._djpool_patched = True  # type: ignore[attr-defined]
     return close
@@ -409,6 +440,7 @@ def _wrap_close_if_unusable_or_obsolete(original: Any) -> Any:
         result = original(self)
         if self.__dict__.get("connection") is None:
             self._djpool_released = False  # request boundary: nothing to re-take
+            self._djpool_last_statement = None
         return result
 
     close_if_unusable_or_obsolete._djpool_patched = True  # type: ignore[attr-defined]
@@ -427,6 +459,9 @@ def install() -> None:
     _set(base, "_djpool_pin", None)
     _set(base, "_djpool_released", False)
     _set(base, "_djpool_connecting", 0)
+    #: ``(lease, lease.epoch)`` of this Django connection's last statement in
+    #: the request (``_note_statement``); None at its start.
+    _set(base, "_djpool_last_statement", None)
     _set(base, "connect", _wrap_connect(base.connect))
     _set(base, "close", _wrap_close(base.close))
     _set(base, "set_autocommit", _wrap_set_autocommit(base.set_autocommit))

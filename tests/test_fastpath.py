@@ -383,11 +383,12 @@ STALE_CHANGE = {
 @pytest.mark.parametrize("alias", ALIASES)
 @pytest.mark.parametrize("mode", ["request", "transaction"])
 def test_fastpath__stale_handle_change_never_reaches_the_next_checkout(alias, mode):
-    """A raw driver connection reached through a cursor
-    (``cursor.connection``, which does not pin) and used after its checkout
-    ended -- parked in either mode -- changes the session: another thread's
-    next checkout gets another session, never the changed one.  (PostgreSQL
-    handed the changed session out before: adversarial review.)"""
+    """A raw driver connection reached through the driver's own cursor
+    (``cursor.cursor.connection``, which does not pin; ``cursor.connection``
+    does since) and used after its checkout ended -- parked in either mode --
+    changes the session: another thread's next checkout gets another
+    session, never the changed one.  (PostgreSQL handed the changed session
+    out before: adversarial review.)"""
     options = TRANSACTION_MODE_ONE if mode == "transaction" else ONE
     change, probe = STALE_CHANGE[connections[alias].vendor]
     with override_settings(DJPOOL_OPTIONS={"aliases": {alias: options}}):
@@ -396,7 +397,7 @@ def test_fastpath__stale_handle_change_never_reaches_the_next_checkout(alias, mo
         with connection.cursor() as cursor:
             cursor.execute(SESSION_SQL[connection.vendor])
             (mine,) = cursor.fetchone()
-            raw = cursor.connection
+            raw = cursor.cursor.connection
         if mode == "request":
             close_old_connections()  # the request ends: parked
         parked_lease(alias)

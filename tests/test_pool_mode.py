@@ -555,6 +555,108 @@ def test_pin__djangos_own_reads_through_the_proxy_do_not_pin():
         assert pins() == 0 and not held(alias)
 
 
+# -- values the session keeps from an earlier statement -----------------------
+#: The raw INSERT of an item, and the statement that reads its id back.
+INSERT_SQL = (
+    "INSERT INTO testapp_item (name, value, created) "
+    "VALUES ('raw', 0, CURRENT_TIMESTAMP)"
+)
+LAST_ID = {"postgresql": "SELECT lastval()", "mysql": "SELECT LAST_INSERT_ID()"}
+#: A statement that sets such a value on purpose, and its reader.
+SETTER = {
+    "postgresql": (
+        "SELECT nextval(pg_get_serial_sequence('testapp_item', 'id'))",
+        "SELECT currval(pg_get_serial_sequence('testapp_item', 'id'))",
+    ),
+    "mysql": ("SELECT LAST_INSERT_ID(424242)", "SELECT LAST_INSERT_ID()"),
+}
+
+
+def _run(alias: str, sql: str) -> Any:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchone() if cursor.description else None
+
+
+def _insert_raw(alias: str) -> int:
+    """A raw INSERT in its own cursor block (released after it); the id."""
+    _run(alias, INSERT_SQL)
+    return int(Item.objects.using(alias).order_by("-id").values_list("id")[0][0])
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_session_value__read_back_on_the_same_session_is_the_requests_own(alias):
+    """An id read back in a later statement group (lastval() /
+    LAST_INSERT_ID()) after a raw INSERT or an ORM create(): while no other
+    request used the session in between, it is the request's own value, as
+    in request mode (the released connection is taken back from its
+    parking); nothing pins."""
+    connection = connections[alias]
+    with transaction_mode(alias) as pins:
+        _run(alias, INSERT_SQL)
+        assert not held(alias)
+        (last,) = _run(alias, LAST_ID[connection.vendor])
+        assert last == Item.objects.using(alias).get(name="raw").pk
+        item = Item.objects.using(alias).create(name="orm")
+        (last,) = _run(alias, LAST_ID[connection.vendor])
+        assert last == item.pk
+        assert pins() == 0 and not held(alias)
+        connection.close()
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_session_value__read_after_another_request_used_the_session_raises(alias):
+    """Adversarial review, finding 1: request A inserts, its connection goes
+    back, request B (another thread, pool of one) inserts on the same
+    server session; A's later lastval() / LAST_INSERT_ID() would read B's id.
+    It raises SessionValueLost (Django's ProgrammingError) before it runs;
+    the request's other statements are unaffected."""
+    from djpoolapp import SessionValueLost
+
+    connection = connections[alias]
+    with transaction_mode(alias):
+        mine = _insert_raw(alias)
+        theirs = in_thread(lambda: _insert_raw(alias))
+        assert theirs != mine
+        with pytest.raises(SessionValueLost, match="another request"):
+            _run(alias, LAST_ID[connection.vendor])
+        with pytest.raises(DatabaseError):  # Django's class, as documented
+            _run(alias, LAST_ID[connection.vendor])
+        assert Item.objects.using(alias).filter(pk=mine).exists()
+        with transaction.atomic(using=alias):  # one transaction: one session
+            _run(alias, INSERT_SQL)
+            (last,) = _run(alias, LAST_ID[connection.vendor])
+        assert last == Item.objects.using(alias).order_by("-id")[0].pk
+        connection.close()
+        # A new request starts afresh: nothing of the last one is checked.
+        _run(alias, "SELECT 1")
+        connection.close()
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_session_value__statement_that_sets_one_on_purpose_pins(alias):
+    """nextval() / LAST_INSERT_ID(expr) exist for a later statement to read:
+    they pin, so the reader gets the request's value even though another
+    request wants a connection meanwhile (it waits, then gets it)."""
+    connection = connections[alias]
+    setter, reader = SETTER[connection.vendor]
+    with transaction_mode(alias, timeout=10) as pins:
+        (value,) = _run(alias, setter)
+        assert pins() == 1 and held(alias)
+        waiting = threading.Thread(
+            target=in_thread, args=(lambda: _run(alias, "SELECT 1"),)
+        )
+        waiting.start()
+        time.sleep(0.2)
+        assert status(alias).waiting == 1  # the other request waits
+        (read,) = _run(alias, reader)
+        assert read == value
+        connection.close()  # the end of the request: the waiter gets it
+        waiting.join(10)
+        assert not waiting.is_alive()
+        assert status(alias).checked_out == 0
+
+
 #: A session change made through a raw handle, and how to read it back.
 RAW_CHANGE = {
     "postgresql": ("SET application_name = 'raw_handle'", "SHOW application_name"),

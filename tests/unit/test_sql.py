@@ -506,3 +506,66 @@ def test_classify__remembers_recent_answers_within_bounds(monkeypatch):
     assert classify("postgresql", bytearray(b"SET x = 1")) == {"set"}  # unhashable
     with pytest.raises(ValueError):
         classify("oracle", "SELECT 1")
+
+
+# -- values the session keeps from an earlier statement -------------------------
+@pytest.mark.parametrize(
+    ("vendor", "statement", "reads"),
+    [
+        ("postgresql", "SELECT lastval()", True),
+        ("postgresql", "select LASTVAL ( )", True),
+        ("postgresql", "SELECT pg_catalog.currval('s')", True),
+        ("postgresql", 'SELECT "currval"(%s)', True),
+        ("postgresql", b"SELECT lastval()", True),
+        ("postgresql", "SELECT 'lastval()'", False),  # a string
+        ("postgresql", "SELECT 1 -- lastval()", False),  # a comment
+        ("postgresql", "SELECT $$ lastval() $$", False),
+        ("postgresql", "SELECT lastval FROM t", False),  # a column
+        ("postgresql", "SELECT LAST_INSERT_ID()", False),  # MySQL's
+        ("mysql", "SELECT LAST_INSERT_ID()", True),
+        ("mysql", "SELECT last_insert_id(), 1", True),
+        ("mysql", "SELECT FOUND_ROWS()", True),
+        ("mysql", "SELECT ROW_COUNT()", True),
+        ("mysql", "SELECT `row_count`()", True),
+        ("mysql", b"SELECT LAST_INSERT_ID()", True),
+        ("mysql", "SELECT 'LAST_INSERT_ID()'", False),
+        ("mysql", "SELECT 1 # FOUND_ROWS()", False),
+        ("mysql", "SELECT lastval()", False),  # PostgreSQL's
+    ],
+)
+def test_reads_session_value(vendor, statement, reads):
+    from djpoolapp.sql import reads_session_value
+
+    assert reads_session_value(vendor, statement) is reads
+    assert reads_session_value(vendor, bytearray(statement if isinstance(
+        statement, bytes) else statement.encode())) is reads  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("vendor", "statement", "sets"),
+    [
+        ("postgresql", "SELECT nextval('s')", True),
+        ("postgresql", "SELECT setval('s', 5)", True),
+        ("postgresql", "SELECT U&\"\\006Eextval\"('s')", True),  # any U&
+        ("postgresql", "INSERT INTO t (a) VALUES (1) RETURNING id", False),
+        ("postgresql", "SELECT lastval()", False),
+        ("mysql", "SELECT LAST_INSERT_ID(5)", True),
+        ("mysql", "UPDATE t SET id = LAST_INSERT_ID(id + 1)", True),
+        ("mysql", "SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1", True),
+        ("mysql", "SELECT LAST_INSERT_ID()", False),
+        ("mysql", "INSERT INTO t (a) VALUES (1)", False),
+    ],
+)
+def test_sets_session_value(vendor, statement, sets):
+    from djpoolapp.sql import sets_session_value
+
+    assert sets_session_value(vendor, statement) is sets
+
+
+def test_session_value__unknown_vendor_raises():
+    from djpoolapp.sql import reads_session_value, sets_session_value
+
+    with pytest.raises(ValueError, match="sqlite"):
+        reads_session_value("sqlite", "SELECT 1")
+    with pytest.raises(ValueError, match="sqlite"):
+        sets_session_value("sqlite", "SELECT 1")
