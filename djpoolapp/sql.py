@@ -87,7 +87,15 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["LABELS", "classify", "reads_session_value", "sets_session_value"]
+__all__ = [
+    "LABELS",
+    "READS_VALUE",
+    "SETS_VALUE",
+    "classify",
+    "reads_session_value",
+    "session_value_use",
+    "sets_session_value",
+]
 
 LABELS = frozenset(
     {
@@ -231,40 +239,44 @@ _SETTER_WORDS = {
         r"\blast_insert_id\s*\((?!\s*\))|\bsql_calc_found_rows\b", re.I
     ),
 }
-_setter_memo: dict[tuple[str, Any], bool] = {}
-_reader_memo: dict[tuple[str, Any], bool] = {}
+#: Bits of :func:`session_value_use`.
+SETS_VALUE = 1
+READS_VALUE = 2
+_value_memo: dict[tuple[str, Any], int] = {}
 
 
-def _remembered(
-    memo: dict[tuple[str, Any], bool],
-    vendor: str,
-    statement: str | bytes,
-    answer: Any,
-) -> bool:
+def session_value_use(vendor: str, statement: str | bytes) -> int:
+    """How *statement* uses the values a session keeps from an earlier
+    statement: :data:`SETS_VALUE` (see :func:`sets_session_value`) or'd with
+    :data:`READS_VALUE` (see :func:`reads_session_value`); 0 for neither, the
+    usual answer.  Remembered as :func:`classify`'s answers are (one look-up
+    per statement in ``pool_mode="transaction"``).  *vendor*:
+    ``"postgresql"`` or ``"mysql"``; another raises ``ValueError``."""
     key = (vendor, statement)
     try:
-        return memo[key]
+        return _value_memo[key]
     except KeyError:
         pass
     except TypeError:  # unhashable (bytearray, memoryview): not remembered
-        return bool(answer(vendor, _text(statement)))
-    result = bool(answer(vendor, _text(statement)))
+        return _value_use(vendor, statement)
+    use = _value_use(vendor, statement)
     if len(statement) <= _MEMO_MAX_LENGTH:
-        if len(memo) >= _MEMO_MAX_ENTRIES:
-            memo.clear()
-        memo[key] = result
-    return result
+        if len(_value_memo) >= _MEMO_MAX_ENTRIES:
+            _value_memo.clear()
+        _value_memo[key] = use
+    return use
 
 
-def _text(statement: str | bytes) -> str:
-    return (
+def _value_use(vendor: str, statement: str | bytes) -> int:
+    try:
+        setters = _SETTER_WORDS[vendor]
+    except KeyError:
+        raise ValueError(f"unknown vendor {vendor!r}") from None
+    text = (
         statement if isinstance(statement, str) else bytes(statement).decode("latin-1")
     )
-
-
-def _vendor_check(vendor: str, function: str) -> None:
-    if vendor not in _READERS:
-        raise ValueError(f"{function}(): unknown vendor {vendor!r}")
+    use = SETS_VALUE if setters.search(text) is not None else 0
+    return use | READS_VALUE if _reads(vendor, text) else use
 
 
 def sets_session_value(vendor: str, statement: str | bytes) -> bool:
@@ -273,11 +285,7 @@ def sets_session_value(vendor: str, statement: str | bytes) -> bool:
     ``SQL_CALC_FOUND_ROWS``); sound (a false alarm is possible, a miss is
     not, except inside functions and triggers, as :func:`classify`).
     *vendor*: ``"postgresql"`` or ``"mysql"``; another raises ``ValueError``."""
-    _vendor_check(vendor, "sets_session_value")
-    return _remembered(
-        _setter_memo, vendor, statement,
-        lambda v, text: _SETTER_WORDS[v].search(text),
-    )  # fmt: skip
+    return bool(session_value_use(vendor, statement) & SETS_VALUE)
 
 
 def reads_session_value(vendor: str, statement: str | bytes) -> bool:
@@ -288,8 +296,7 @@ def reads_session_value(vendor: str, statement: str | bytes) -> bool:
     a statement that merely mentions one in a string is not such a reader;
     spellings through ``U&"..."`` are not seen.  *vendor*: ``"postgresql"``
     or ``"mysql"``; another raises ``ValueError``."""
-    _vendor_check(vendor, "reads_session_value")
-    return _remembered(_reader_memo, vendor, statement, _reads)
+    return bool(session_value_use(vendor, statement) & READS_VALUE)
 
 
 def _reads(vendor: str, text: str) -> bool:

@@ -68,8 +68,8 @@ Pinning
       without pinning (judged by the caller's source file; ``from
       django.db import connection``, Django's proxy, is looked through to
       its caller; code run by ``manage.py shell -c`` is the user's).  The same through a Django cursor
-      (``cursor.connection``, handed to the driver cursor by
-      ``CursorWrapper.__getattr__``); not through the driver's own cursor
+      (``cursor.connection``, which Django's ``CursorWrapper`` hands to the
+      driver cursor); not through the driver's own cursor
       (``cursor.cursor.connection``).
 """
 
@@ -88,7 +88,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 
 from .exceptions import SessionValueLost
-from .sql import classify, reads_session_value, sets_session_value
+from .sql import READS_VALUE, SETS_VALUE, classify, session_value_use
 
 logger = logging.getLogger("djpoolapp")
 
@@ -267,29 +267,31 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
             pin(db, f"{', '.join(sorted(labels))}: {str(sql)[:200]!r}")
     if text is None:
         return
-    if db._djpool_pin is None and sets_session_value(db.vendor, text):
-        # nextval() / LAST_INSERT_ID(x) / SQL_CALC_FOUND_ROWS are there for
-        # a later statement to read: kept (no reset needed).
-        pin(db, f"sets a value for a later statement: {str(text)[:200]!r}")
-    last = db._djpool_last_statement
-    if (
-        last is not None
-        and (last[0] is not lease or last[1] != lease.epoch)
-        and reads_session_value(db.vendor, text)
-    ):
-        raise SessionValueLost(
-            f"djpoolapp: {str(text)[:200]!r} reads a value the session kept "
-            "from an earlier statement (lastval(), currval(), "
-            "LAST_INSERT_ID(), FOUND_ROWS(), ROW_COUNT()), but with "
-            f"pool_mode='transaction' the connection of {db.alias!r} was "
-            "released after that statement and another request has used "
-            "this server session since, or another session serves this "
-            "statement: the value would be another request's.  Read it with "
-            "the statement that sets it (INSERT ... RETURNING, "
-            "cursor.lastrowid), in the same cursor block, or inside one "
-            "transaction.atomic() with it; or use pool_mode='request' for "
-            "this alias."
-        )
+    use = session_value_use(db.vendor, text)
+    if use:
+        if use & SETS_VALUE and db._djpool_pin is None:
+            # nextval() / LAST_INSERT_ID(x) / SQL_CALC_FOUND_ROWS are there
+            # for a later statement to read: kept (no reset needed).
+            pin(db, f"sets a value for a later statement: {str(text)[:200]!r}")
+        last = db._djpool_last_statement
+        if (
+            use & READS_VALUE
+            and last is not None
+            and (last[0] is not lease or last[1] != lease.epoch)
+        ):
+            raise SessionValueLost(
+                f"djpoolapp: {str(text)[:200]!r} reads a value the session kept "
+                "from an earlier statement (lastval(), currval(), "
+                "LAST_INSERT_ID(), FOUND_ROWS(), ROW_COUNT()), but with "
+                f"pool_mode='transaction' the connection of {db.alias!r} was "
+                "released after that statement and another request has used "
+                "this server session since, or another session serves this "
+                "statement: the value would be another request's.  Read it with "
+                "the statement that sets it (INSERT ... RETURNING, "
+                "cursor.lastrowid), in the same cursor block, or inside one "
+                "transaction.atomic() with it; or use pool_mode='request' for "
+                "this alias."
+            )
     db._djpool_last_statement = (lease, lease.epoch)
 
 
@@ -340,31 +342,19 @@ def _wrap_execute(original: Any, what: str = "statement") -> Any:
     return execute
 
 
-def _wrap_cursor_getattr(original: Any) -> Any:
-    """``CursorWrapper.__getattr__`` (Django's cursor hands every attribute
-    it lacks to the driver cursor): ``cursor.connection``, the driver
-    connection reached through a cursor, pins as ``connection.connection``
-    does when user code reads it."""
-
-    def __getattr__(self: Any, attr: str) -> Any:
-        value = original(self, attr)
-        if attr == "connection":
-            db = self.__dict__.get("db")
-            if (
-                db is not None
-                and db._djpool_txmode
-                and db._djpool_pin is None
-                and value is not None
-            ):
-                caller = _user_frame(_getframe(1))
-                if caller is not None:
-                    pin(db, f"cursor.connection read by {_module_of(caller)}")
-        return value
-
-    __getattr__.__name__ = original.__name__
-    __getattr__.__doc__ = original.__doc__
-    __getattr__._djpool_patched = True  # type: ignore[attr-defined]
-    return __getattr__
+def _cursor_connection(cursor: Any) -> Any:
+    """``CursorWrapper.connection``: the driver cursor's connection (which
+    Django's ``CursorWrapper.__getattr__`` would hand on), pinned as
+    ``connection.connection`` is when user code reads it.  A property of its
+    own, so that the cursor's other attributes (``fetchone`` ...) still go
+    straight to Django's ``__getattr__``."""
+    value = cursor.cursor.connection
+    db = cursor.db
+    if db._djpool_txmode and db._djpool_pin is None and value is not None:
+        caller = _user_frame(_getframe(1))
+        if caller is not None:
+            pin(db, f"cursor.connection read by {_module_of(caller)}")
+    return value
 
 
 def _driver_autocommit(db: Any, conn: Any) -> bool | None:
@@ -473,7 +463,8 @@ def install() -> None:
     _set(CursorWrapper, "execute", _wrap_execute(CursorWrapper.execute))
     _set(CursorWrapper, "executemany", _wrap_execute(CursorWrapper.executemany))
     _set(CursorWrapper, "callproc", _wrap_execute(CursorWrapper.callproc, "callproc"))
-    _set(CursorWrapper, "__getattr__", _wrap_cursor_getattr(CursorWrapper.__getattr__))
+    if not hasattr(CursorWrapper, "connection"):  # (Django defines none)
+        _set(CursorWrapper, "connection", property(_cursor_connection))
     # Last: from here on Django's connection attribute goes through it.
     _set(base, "connection", ConnectionAttribute())
     logger.debug("Installed the pool_mode='transaction' hooks")
