@@ -413,13 +413,14 @@ class Lease:
                 if driver.in_transaction(conn) is not False:
                     driver.end_transaction(conn)
                 reset = self._reset_needed(pool.reset_session)
-                if reset is not None or pool.reset_session != "auto":
+                if reset is _RESET or pool.reset_session != "auto":
                     # Reset (Django's set-up is undone), or kept as the
                     # request left it (reset_session=False): only Django's
                     # own connect() may hand it to another Django connection.
                     self.set_up_for = None
                 if reset is _RESET:
                     park = False  # Django's set-up is undone: it must run again
+                    self.epoch += 1  # the session's values are gone too
                     with bounded(conn, "session reset"):
                         if not driver.reset_session(conn, self.snapshot):
                             reason = "its session cannot be reset in place"
@@ -481,7 +482,6 @@ class Lease:
             return _CURSORS if self.named_cursors else None
         if (
             self.changed
-            or self.named_cursors
             or self.driver.session_changed(self.conn)
             or (
                 self.snapshot is not UNSET
@@ -489,7 +489,10 @@ class Lease:
             )
         ):
             return _RESET
-        return None
+        # Server-side cursors only (iterator()): closing them is all a fresh
+        # session would differ by; the session's values (lastval()) and
+        # Django's set-up stay.
+        return _CURSORS if self.named_cursors else None
 
     # -- parking -------------------------------------------------------------
     def claim(self, wrapper: Any) -> bool:

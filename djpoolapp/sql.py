@@ -89,8 +89,10 @@ from typing import Any
 
 __all__ = [
     "LABELS",
-    "READS_VALUE",
-    "SETS_VALUE",
+    "PINS_VALUE",
+    "READS_ID",
+    "READS_PREVIOUS",
+    "SETS_ID",
     "classify",
     "reads_session_value",
     "session_value_use",
@@ -212,46 +214,81 @@ def _classify(vendor: str, statement: str | bytes) -> frozenset[str]:
 
 # -- values a later statement reads back ---------------------------------------
 # Every session keeps values about its own earlier statements that a later
-# statement may read back: PostgreSQL lastval() and currval() (set by
-# nextval(), which an INSERT calls for a serial or identity column), MySQL
-# LAST_INSERT_ID(), FOUND_ROWS() and ROW_COUNT().  They need no reset (a new
-# session has none and the next request sets its own), but in
-# pool_mode="transaction" the statement that reads one must run on the
-# session, and right after the statements, of the request that set it.
+# statement may read back: the last generated id (PostgreSQL lastval() and
+# currval(), set by nextval(), which an INSERT calls for a serial or identity
+# column; MySQL LAST_INSERT_ID(), @@identity), and what the previous statement
+# did (MySQL FOUND_ROWS(), ROW_COUNT(), its warnings and errors).  They need no
+# reset (a new session has none; the next request sets its own), but in
+# pool_mode="transaction" a statement that reads one must run on the session
+# of the statement that set it, with nobody else's statement in between.
 
-#: Functions that read such a value.
-_READERS = {
-    "postgresql": frozenset({"lastval", "currval"}),
-    "mysql": frozenset({"last_insert_id", "found_rows", "row_count"}),
-}
-_READER_WORDS = {
-    vendor: re.compile(r"\b(?:" + "|".join(sorted(names)) + r")\b", re.I)
-    for vendor, names in _READERS.items()
-}
-#: Statements whose only purpose is to set one for a later statement:
-#: explicit nextval() / setval(), LAST_INSERT_ID(expr), SQL_CALC_FOUND_ROWS.
-#: (An INSERT sets one too, but an INSERT's own id comes back with it:
-#: RETURNING, cursor.lastrowid.)  Searched in the raw text, strings and names
-#: included: a false alarm costs a pin.
-_SETTER_WORDS = {
-    "postgresql": re.compile(r"\b(?:nextval|setval)\b|&", re.I),
+#: Bits of :func:`session_value_use`.
+#: Sets a value on purpose, for a later statement to read: pin the session.
+PINS_VALUE = 1
+#: Reads the last generated id (lastval(), currval(), LAST_INSERT_ID(),
+#: @@identity, @@last_insert_id).
+READS_ID = 2
+#: May set the last generated id (an INSERT, REPLACE, MERGE, LOAD DATA
+#: statement, or a call of nextval(), setval(), LAST_INSERT_ID(expr)).
+SETS_ID = 4
+#: Reads what the previous statement did (FOUND_ROWS(), ROW_COUNT(), SHOW
+#: WARNINGS / ERRORS, @@warning_count, @@error_count, GET DIAGNOSTICS).
+READS_PREVIOUS = 8
+# Kept for the names of the first version (tests, docs).
+SETS_VALUE = PINS_VALUE
+READS_VALUE = READS_ID | READS_PREVIOUS
+
+#: Any of these words sends a statement to the tokenizer (a cheap filter).
+_VALUE_WORDS = {
+    "postgresql": re.compile(
+        r"\b(?:lastval|currval|nextval|setval|insert|merge)\b", re.I
+    ),
     "mysql": re.compile(
-        r"\blast_insert_id\s*\((?!\s*\))|\bsql_calc_found_rows\b", re.I
+        r"\b(?:last_insert_id|found_rows|row_count|sql_calc_found_rows|identity"
+        r"|warning_count|error_count|warnings|errors|diagnostics|insert|replace"
+        r"|load)\b",
+        re.I,
     ),
 }
-#: Bits of :func:`session_value_use`.
-SETS_VALUE = 1
-READS_VALUE = 2
+_ID_READERS = {
+    "postgresql": frozenset({"lastval", "currval"}),
+    "mysql": frozenset({"last_insert_id"}),
+}
+_ID_SETTERS = {
+    "postgresql": frozenset({"nextval", "setval"}),
+    "mysql": frozenset(),  # LAST_INSERT_ID(expr): with an argument
+}
+_PREVIOUS_READERS = frozenset({"found_rows", "row_count"})
+_MYSQL_SESSION_VALUES = {
+    "identity": READS_ID,
+    "last_insert_id": READS_ID,
+    "warning_count": READS_PREVIOUS,
+    "error_count": READS_PREVIOUS,
+}
+#: Words that start a statement which may generate an id (also after "(" or
+#: ")": a data-modifying WITH, INSERT ... SELECT in parentheses).
+_ID_STATEMENTS = {
+    "postgresql": frozenset({"insert", "merge"}),
+    "mysql": frozenset({"insert", "replace", "load"}),
+}
 _value_memo: dict[tuple[str, Any], int] = {}
 
 
 def session_value_use(vendor: str, statement: str | bytes) -> int:
-    """How *statement* uses the values a session keeps from an earlier
-    statement: :data:`SETS_VALUE` (see :func:`sets_session_value`) or'd with
-    :data:`READS_VALUE` (see :func:`reads_session_value`); 0 for neither, the
-    usual answer.  Remembered as :func:`classify`'s answers are (one look-up
-    per statement in ``pool_mode="transaction"``).  *vendor*:
-    ``"postgresql"`` or ``"mysql"``; another raises ``ValueError``."""
+    """How *statement* uses the values a session keeps from its earlier
+    statements: a combination of :data:`PINS_VALUE`, :data:`READS_ID`,
+    :data:`SETS_ID` and :data:`READS_PREVIOUS`; 0 for none, the usual answer.
+
+    Read from the statement's tokens (strings and comments are not read;
+    names spelled with ``U&"..."`` escapes are not recognised; values set or
+    read inside functions, views, column defaults and triggers are not
+    seen).  :data:`SETS_ID` errs on the side of "no", :data:`PINS_VALUE` and
+    the readers on the side of "yes": a missed reader or an id-setter seen
+    where there is none could let a request read another's value, the
+    other mistakes only cost an error or a pin.  Remembered as
+    :func:`classify`'s answers are (one look-up per statement in
+    ``pool_mode="transaction"``).  *vendor*: ``"postgresql"`` or ``"mysql"``;
+    another raises ``ValueError``."""
     key = (vendor, statement)
     try:
         return _value_memo[key]
@@ -269,48 +306,92 @@ def session_value_use(vendor: str, statement: str | bytes) -> int:
 
 def _value_use(vendor: str, statement: str | bytes) -> int:
     try:
-        setters = _SETTER_WORDS[vendor]
+        words = _VALUE_WORDS[vendor]
     except KeyError:
         raise ValueError(f"unknown vendor {vendor!r}") from None
     text = (
         statement if isinstance(statement, str) else bytes(statement).decode("latin-1")
     )
-    use = SETS_VALUE if setters.search(text) is not None else 0
-    return use | READS_VALUE if _reads(vendor, text) else use
+    if words.search(text) is None:
+        return 0
+    use = 0
+    for backslash in (True, False) if "\\" in text else (True,):
+        use |= _value_use_of_tokens(vendor, list(_tokens(vendor, text, backslash)))
+    return use
+
+
+def _value_use_of_tokens(vendor: str, tokens: list[Token]) -> int:
+    use = 0
+    id_readers, id_setters = _ID_READERS[vendor], _ID_SETTERS[vendor]
+    statements = _ID_STATEMENTS[vendor]
+    mysql = vendor == "mysql"
+    count = len(tokens)
+    for index, (kind, value) in enumerate(tokens):
+        previous = tokens[index - 1] if index else ("o", ";")
+        following = tokens[index + 1] if index + 1 < count else ("", "")
+        if kind == "flag":
+            continue
+        if kind in ("w", "q") and following == ("o", "("):  # a call
+            if value in id_readers:
+                argument = tokens[index + 2] if index + 2 < count else ("", "")
+                if mysql and argument != ("o", ")"):
+                    use |= PINS_VALUE | SETS_ID  # LAST_INSERT_ID(expr)
+                else:
+                    use |= READS_ID
+            elif value in id_setters:
+                use |= PINS_VALUE | SETS_ID
+            elif mysql and value in _PREVIOUS_READERS:
+                use |= READS_PREVIOUS
+            continue
+        if kind != "w":
+            continue
+        if value in statements and previous[0] == "o" and previous[1] in ";()":
+            if value != "load" or following[1] in ("data", "xml"):
+                use |= SETS_ID
+        elif mysql:
+            if value == "sql_calc_found_rows":
+                use |= PINS_VALUE
+            elif previous == ("o", "@@") and value in _MYSQL_SESSION_VALUES:
+                use |= _MYSQL_SESSION_VALUES[value]
+            elif value in ("warnings", "errors") and _after_show(tokens, index):
+                use |= READS_PREVIOUS
+            elif value == "diagnostics" and previous == ("w", "get"):
+                use |= READS_PREVIOUS
+    if mysql:
+        # @@session.identity / @@SESSION.warning_count
+        for index in range(count - 3):
+            if tokens[index] == ("o", "@@") and tokens[index + 2] == ("o", "."):
+                name = tokens[index + 3][1]
+                use |= _MYSQL_SESSION_VALUES.get(name, 0)
+    return use
+
+
+def _after_show(tokens: list[Token], index: int) -> bool:
+    """``SHOW [COUNT(*)] WARNINGS`` / ``ERRORS``: whether the statement that
+    holds ``tokens[index]`` starts with SHOW."""
+    start = index
+    while start > 0 and tokens[start - 1] != ("o", ";"):
+        start -= 1
+    return tokens[start] == ("w", "show")
 
 
 def sets_session_value(vendor: str, statement: str | bytes) -> bool:
-    """Whether *statement* may exist to set a per-session value for a later
+    """Whether *statement* sets a per-session value on purpose, for a later
     statement to read (``nextval()``, ``setval()``, ``LAST_INSERT_ID(expr)``,
-    ``SQL_CALC_FOUND_ROWS``); sound (a false alarm is possible, a miss is
-    not, except inside functions and triggers, as :func:`classify`).
+    ``SQL_CALC_FOUND_ROWS``): in ``pool_mode="transaction"`` it pins.
     *vendor*: ``"postgresql"`` or ``"mysql"``; another raises ``ValueError``."""
-    return bool(session_value_use(vendor, statement) & SETS_VALUE)
+    return bool(session_value_use(vendor, statement) & PINS_VALUE)
 
 
 def reads_session_value(vendor: str, statement: str | bytes) -> bool:
-    """Whether *statement* calls a function that reads a value the session
-    kept from an earlier statement: ``lastval()``, ``currval()`` (PostgreSQL),
-    ``LAST_INSERT_ID()``, ``FOUND_ROWS()``, ``ROW_COUNT()`` (MySQL).  Only
-    calls count (a name followed by ``(`` outside strings and comments), so
-    a statement that merely mentions one in a string is not such a reader;
-    spellings through ``U&"..."`` are not seen.  *vendor*: ``"postgresql"``
-    or ``"mysql"``; another raises ``ValueError``."""
+    """Whether *statement* reads a value the session kept from an earlier
+    statement: the last generated id (``lastval()``, ``currval()``,
+    ``LAST_INSERT_ID()``, ``@@identity``, ``@@last_insert_id``) or what the
+    previous statement did (``FOUND_ROWS()``, ``ROW_COUNT()``, ``SHOW
+    WARNINGS`` / ``ERRORS``, ``@@warning_count``, ``@@error_count``, ``GET
+    DIAGNOSTICS``).  Calls and names outside strings and comments only.
+    *vendor*: ``"postgresql"`` or ``"mysql"``; another raises ``ValueError``."""
     return bool(session_value_use(vendor, statement) & READS_VALUE)
-
-
-def _reads(vendor: str, text: str) -> bool:
-    if _READER_WORDS[vendor].search(text) is None:
-        return False
-    names = _READERS[vendor]
-    for backslash in (True, False) if "\\" in text else (True,):
-        previous: Token = ("", "")
-        for token in _tokens(vendor, text, backslash):
-            if token == ("o", "(") and previous[0] in ("w", "q"):
-                if previous[1] in names:
-                    return True
-            previous = token
-    return False
 
 
 # -- tokenizer -----------------------------------------------------------------

@@ -88,7 +88,14 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 
 from .exceptions import SessionValueLost
-from .sql import READS_VALUE, SETS_VALUE, classify, session_value_use
+from .sql import (
+    PINS_VALUE,
+    READS_ID,
+    READS_PREVIOUS,
+    SETS_ID,
+    classify,
+    session_value_use,
+)
 
 logger = logging.getLogger("djpoolapp")
 
@@ -242,6 +249,28 @@ def pin(db: Any, reason: str) -> None:
     )
 
 
+def _check_value(db: Any, source: Any, lease: Any, epoch: int, text: Any) -> None:
+    """Raise :class:`SessionValueLost` when a statement reading a value of an
+    earlier statement (*source*: its ``(lease, epoch)``; None: none in this
+    request) is about to run on another session, or on the same one after
+    another Django connection held it or a reset cleared it."""
+    if source is None or (source[0] is lease and source[1] == epoch):
+        return
+    raise SessionValueLost(
+        f"djpoolapp: {str(text)[:200]!r} reads a value the session kept from "
+        "an earlier statement (the last generated id: lastval(), currval(), "
+        "LAST_INSERT_ID(); or the previous statement's FOUND_ROWS(), "
+        "ROW_COUNT(), warnings), but with pool_mode='transaction' the "
+        f"connection of {db.alias!r} was released after that statement and "
+        "another request has used this server session since, or another "
+        "session serves this statement: the value would not be this "
+        "request's.  Read it with the statement that sets it (INSERT ... "
+        "RETURNING, cursor.lastrowid), in the same cursor block, or inside "
+        "one transaction.atomic() with it; or use pool_mode='request' for "
+        "this alias."
+    )
+
+
 def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
     conn = db.__dict__.get("connection")
     lease = getattr(conn, "_djpool_lease", None)
@@ -268,31 +297,19 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
     if text is None:
         return
     use = session_value_use(db.vendor, text)
+    epoch = lease.epoch
     if use:
-        if use & SETS_VALUE and db._djpool_pin is None:
+        if use & PINS_VALUE and db._djpool_pin is None:
             # nextval() / LAST_INSERT_ID(x) / SQL_CALC_FOUND_ROWS are there
             # for a later statement to read: kept (no reset needed).
             pin(db, f"sets a value for a later statement: {str(text)[:200]!r}")
-        last = db._djpool_last_statement
-        if (
-            use & READS_VALUE
-            and last is not None
-            and (last[0] is not lease or last[1] != lease.epoch)
-        ):
-            raise SessionValueLost(
-                f"djpoolapp: {str(text)[:200]!r} reads a value the session kept "
-                "from an earlier statement (lastval(), currval(), "
-                "LAST_INSERT_ID(), FOUND_ROWS(), ROW_COUNT()), but with "
-                f"pool_mode='transaction' the connection of {db.alias!r} was "
-                "released after that statement and another request has used "
-                "this server session since, or another session serves this "
-                "statement: the value would be another request's.  Read it with "
-                "the statement that sets it (INSERT ... RETURNING, "
-                "cursor.lastrowid), in the same cursor block, or inside one "
-                "transaction.atomic() with it; or use pool_mode='request' for "
-                "this alias."
-            )
-    db._djpool_last_statement = (lease, lease.epoch)
+        if use & READS_ID:
+            _check_value(db, db._djpool_id_source, lease, epoch, text)
+        if use & READS_PREVIOUS:
+            _check_value(db, db._djpool_last_statement, lease, epoch, text)
+        if use & SETS_ID:
+            db._djpool_id_source = (lease, epoch)
+    db._djpool_last_statement = (lease, epoch)
 
 
 def _user_reads_connection(db: Any, conn: Any, caller: Any) -> Any:
@@ -419,7 +436,7 @@ def _wrap_close(original: Any) -> Any:
             if self.__dict__.get("connection") is None:
                 self._djpool_pin = None  # the request (or its owner) ended
                 self._djpool_released = False
-                self._djpool_last_statement = None
+                self._djpool_last_statement = self._djpool_id_source = None
 
     close._djpool_patched = True  # type: ignore[attr-defined]
     return close
@@ -430,7 +447,7 @@ def _wrap_close_if_unusable_or_obsolete(original: Any) -> Any:
         result = original(self)
         if self.__dict__.get("connection") is None:
             self._djpool_released = False  # request boundary: nothing to re-take
-            self._djpool_last_statement = None
+            self._djpool_last_statement = self._djpool_id_source = None
         return result
 
     close_if_unusable_or_obsolete._djpool_patched = True  # type: ignore[attr-defined]
@@ -452,6 +469,9 @@ def install() -> None:
     #: ``(lease, lease.epoch)`` of this Django connection's last statement in
     #: the request (``_note_statement``); None at its start.
     _set(base, "_djpool_last_statement", None)
+    #: The same, of its last statement that may have set the last generated
+    #: id (``sql.SETS_ID``).
+    _set(base, "_djpool_id_source", None)
     _set(base, "connect", _wrap_connect(base.connect))
     _set(base, "close", _wrap_close(base.close))
     _set(base, "set_autocommit", _wrap_set_autocommit(base.set_autocommit))

@@ -633,6 +633,103 @@ def test_session_value__read_after_another_request_used_the_session_raises(alias
         connection.close()
 
 
+#: Other roads to a value of an earlier statement (review, round 2).
+OTHER_READERS = {"mysql": ["SELECT @@identity", "SELECT @@SESSION.last_insert_id"]}
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+@pytest.mark.parametrize("between", ["nothing", "orm", "select"])
+def test_session_value__statements_in_between_do_not_hide_a_lost_id(alias, between):
+    """Round 2 of the review: the id read back is judged against the
+    statement that may have set it, not the request's previous statement:
+    an ORM query or a plain SELECT between the other request's use of the
+    session and the read does not let the other request's id through."""
+    from djpoolapp import SessionValueLost
+
+    connection = connections[alias]
+    with transaction_mode(alias):
+        _insert_raw(alias)
+        in_thread(lambda: _insert_raw(alias))
+        if between == "orm":
+            Item.objects.using(alias).count()
+        elif between == "select":
+            _run(alias, "SELECT 1")
+        readers = [LAST_ID[connection.vendor]]
+        if connection.vendor == "mysql":
+            readers += OTHER_READERS["mysql"]
+        for reader in readers:
+            with pytest.raises(SessionValueLost):
+                _run(alias, reader)
+        connection.close()
+
+
+@pytest.mark.parametrize("alias", _pin_params(("mysql",)))
+def test_session_value__mysql_warnings_of_the_previous_statement(alias):
+    """SHOW WARNINGS / @@warning_count read what the previous statement did:
+    in the same cursor block they are the request's own; in a later statement
+    group after another request used the session they raise (they would show
+    the other request's warnings, data included)."""
+    from djpoolapp import SessionValueLost
+
+    warn = "SELECT CAST('secret' AS SIGNED)"
+    with transaction_mode(alias):
+        with connections[alias].cursor() as cursor:
+            cursor.execute(warn)
+            cursor.execute("SHOW WARNINGS")
+            assert "secret" in str(cursor.fetchall())
+        in_thread(lambda: _run(alias, warn))
+        for reader in ("SHOW WARNINGS", "SELECT @@warning_count"):
+            with pytest.raises(SessionValueLost):
+                _run(alias, reader)
+        connections[alias].close()
+
+
+@pytest.mark.parametrize("alias", _pin_params(("mysql",)))
+def test_session_value__last_insert_id_with_an_argument_sets_and_runs(alias):
+    """``UPDATE seq SET id = LAST_INSERT_ID(id + 10)`` (the MySQL manual's
+    sequence idiom) sets the id and reads nothing: it runs whoever used the
+    session before, and pins; the id read back is its own."""
+    with transaction_mode(alias) as pins:
+        _run(alias, "CREATE TABLE IF NOT EXISTS djpool_seq (id INT NOT NULL)")
+        _run(alias, "DELETE FROM djpool_seq")
+        _run(alias, "INSERT INTO djpool_seq VALUES (0)")
+        in_thread(lambda: _insert_raw(alias))
+        _run(alias, "UPDATE djpool_seq SET id = LAST_INSERT_ID(id + 10)")
+        assert pins() == 1
+        assert _run(alias, "SELECT LAST_INSERT_ID()") == (10,)
+        _run(alias, "DROP TABLE djpool_seq")
+        connections[alias].close()
+
+
+@pytest.mark.parametrize("alias", _pin_params(("postgresql",)))
+def test_session_value__id_survives_an_iterator_release(alias):
+    """Round 2, finding 5: INSERT, an iterator() (a server-side cursor) read
+    to its end, then lastval(): the release after the server-side cursor
+    closes the session's cursors only (CLOSE ALL), so the id is still there,
+    as in request mode (before: the release's full reset cleared it and the
+    server said "lastval is not yet defined in this session")."""
+    Item.objects.using(alias).bulk_create([Item(name=str(n)) for n in range(3)])
+    with transaction_mode(alias) as pins:
+        mine = _insert_raw(alias)
+        assert len(list(Item.objects.using(alias).iterator(chunk_size=2))) == 4
+        assert not held(alias)
+        assert _run(alias, "SELECT lastval()") == (mine,)
+        assert pins() == 0
+        connections[alias].close()
+
+
+@pytest.mark.parametrize("alias", _pin_params(("postgresql",)))
+def test_session_value__operators_with_an_ampersand_do_not_pin(alias):
+    """Round 2, finding 6: ``&&``, ``&`` and ``?&`` (ArrayField, ranges, bit
+    and, JSONField has_keys) no longer pin."""
+    with transaction_mode(alias) as pins:
+        _run(
+            alias,
+            "SELECT ARRAY[1] && ARRAY[1], 5 & 1, '{\"a\": 1}'::jsonb ?& array['a']",
+        )
+        assert pins() == 0 and not held(alias)
+
+
 @pytest.mark.parametrize("alias", ALIASES)
 def test_session_value__statement_that_sets_one_on_purpose_pins(alias):
     """nextval() / LAST_INSERT_ID(expr) exist for a later statement to read:

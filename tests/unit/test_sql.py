@@ -546,7 +546,8 @@ def test_reads_session_value(vendor, statement, reads):
     [
         ("postgresql", "SELECT nextval('s')", True),
         ("postgresql", "SELECT setval('s', 5)", True),
-        ("postgresql", "SELECT U&\"\\006Eextval\"('s')", True),  # any U&
+        ("postgresql", "SELECT U&\"\\006Eextval\"('s')", False),  # (documented)
+        ("postgresql", "SELECT a && b, c & 1 FROM t WHERE d ?& e", False),
         ("postgresql", "INSERT INTO t (a) VALUES (1) RETURNING id", False),
         ("postgresql", "SELECT lastval()", False),
         ("mysql", "SELECT LAST_INSERT_ID(5)", True),
@@ -569,3 +570,56 @@ def test_session_value__unknown_vendor_raises():
         reads_session_value("sqlite", "SELECT 1")
     with pytest.raises(ValueError, match="sqlite"):
         sets_session_value("sqlite", "SELECT 1")
+
+
+@pytest.mark.parametrize(
+    ("vendor", "statement", "expected"),
+    [
+        ("postgresql", "SELECT 1", ""),
+        ("postgresql", "SELECT lastval()", "reads_id"),
+        ("postgresql", "INSERT INTO t (a) VALUES (1) RETURNING id", "sets_id"),
+        (
+            "postgresql",
+            "WITH x AS (INSERT INTO t VALUES (1) RETURNING id) SELECT * FROM x",
+            "sets_id",
+        ),  # fmt: skip
+        (
+            "postgresql",
+            "MERGE INTO t USING s ON true WHEN NOT MATCHED THEN INSERT VALUES (1)",
+            "sets_id",
+        ),  # fmt: skip
+        ("postgresql", "SELECT nextval('s')", "pins sets_id"),
+        ("postgresql", "GRANT INSERT ON t TO u", ""),  # no id is generated
+        ("postgresql", "SELECT 'insert' FROM t", ""),
+        ("mysql", "SELECT LAST_INSERT_ID()", "reads_id"),
+        ("mysql", "SELECT @@identity, @@SESSION.last_insert_id", "reads_id"),
+        # the manual's sequence idiom sets the id, reads nothing
+        ("mysql", "UPDATE seq SET id = LAST_INSERT_ID(id + 10)", "pins sets_id"),
+        ("mysql", "INSERT INTO t VALUES (1)", "sets_id"),
+        ("mysql", "REPLACE INTO t VALUES (1)", "sets_id"),
+        ("mysql", "LOAD DATA INFILE 'x' INTO TABLE t", "sets_id"),
+        ("mysql", "SELECT INSERT('abc', 1, 1, 'x'), REPLACE('a', 'b', 'c')", ""),
+        ("mysql", "SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1", "pins"),
+        ("mysql", "SELECT FOUND_ROWS()", "reads_previous"),
+        ("mysql", "SELECT ROW_COUNT()", "reads_previous"),
+        ("mysql", "SHOW WARNINGS", "reads_previous"),
+        ("mysql", "SELECT 1; SHOW COUNT(*) ERRORS", "reads_previous"),
+        ("mysql", "SELECT @@warning_count, @@session.error_count", "reads_previous"),
+        ("mysql", "GET DIAGNOSTICS @n = NUMBER", "reads_previous"),
+        ("mysql", "SELECT errors, warnings FROM t", ""),
+        ("mysql", "SELECT 1 -- LAST_INSERT_ID()", ""),
+    ],
+)
+def test_session_value_use(vendor, statement, expected):
+    from djpoolapp import sql
+
+    bits = {
+        "pins": sql.PINS_VALUE,
+        "reads_id": sql.READS_ID,
+        "sets_id": sql.SETS_ID,
+        "reads_previous": sql.READS_PREVIOUS,
+    }
+    want = 0
+    for name in expected.split():
+        want |= bits[name]
+    assert sql.session_value_use(vendor, statement) == want
