@@ -217,8 +217,8 @@ def _pin_reason(lease: Any, conn: Any) -> str | None:
 
     A server-side cursor does not pin: while open it holds the connection
     (as any open cursor does); once closed nothing of it is left on the
-    session, and one dropped unclosed is closed by the checkin's session
-    reset (``Lease.named_cursors``)."""
+    session, and one dropped unclosed is closed by the checkin's ``CLOSE
+    ALL`` (``Lease.named_cursors``)."""
     changed = lease.changed - _TRANSACTION
     if changed:
         return "session state changed: " + ", ".join(sorted(changed))
