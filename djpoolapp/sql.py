@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "LABELS",
@@ -120,6 +120,7 @@ LABELS = frozenset(
 )
 
 HARMLESS: frozenset[str] = frozenset()
+_A = TypeVar("_A")
 _TRANSACTION = frozenset({"transaction"})
 
 # -- fast path -----------------------------------------------------------------
@@ -179,12 +180,17 @@ def classify(vendor: str, statement: str | bytes) -> frozenset[str]:
         pass
     except TypeError:  # unhashable (bytearray, memoryview): not remembered
         return _classify(vendor, statement)
-    labels = _classify(vendor, statement)
-    if len(statement) <= _MEMO_MAX_LENGTH:
-        if len(_memo) >= _MEMO_MAX_ENTRIES:
-            _memo.clear()
-        _memo[key] = labels
-    return labels
+    return _remember(_memo, key, _classify(vendor, statement))
+
+
+def _remember(memo: dict[tuple[str, Any], _A], key: tuple[str, Any], answer: _A) -> _A:
+    """Keep *answer* for *key* (``(vendor, statement)``) in *memo*, which is
+    cleared when full; a statement longer than _MEMO_MAX_LENGTH is not kept."""
+    if len(key[1]) <= _MEMO_MAX_LENGTH:
+        if len(memo) >= _MEMO_MAX_ENTRIES:
+            memo.clear()
+        memo[key] = answer
+    return answer
 
 
 def _classify(vendor: str, statement: str | bytes) -> frozenset[str]:
@@ -296,12 +302,7 @@ def session_value_use(vendor: str, statement: str | bytes) -> int:
         pass
     except TypeError:  # unhashable (bytearray, memoryview): not remembered
         return _value_use(vendor, statement)
-    use = _value_use(vendor, statement)
-    if len(statement) <= _MEMO_MAX_LENGTH:
-        if len(_value_memo) >= _MEMO_MAX_ENTRIES:
-            _value_memo.clear()
-        _value_memo[key] = use
-    return use
+    return _remember(_value_memo, key, _value_use(vendor, statement))
 
 
 def _value_use(vendor: str, statement: str | bytes) -> int:

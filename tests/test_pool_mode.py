@@ -479,6 +479,19 @@ def _pin_params(vendors: tuple[str, ...]) -> list[Any]:
     return [a for a in ALIASES if names[a.values[0]] in vendors]
 
 
+def assert_pinned_session(
+    alias: str, raw: Any, first: int, pins: Callable[[], int]
+) -> None:
+    """*raw*, the driver connection user code read, is held, pinned once, and
+    the session (*first*) of the request's earlier statement."""
+    assert raw is not None and held(alias)
+    assert pins() == 1
+    cursor = raw.cursor()
+    cursor.execute(SESSION_ID[connections[alias].vendor])
+    assert cursor.fetchone()[0] == first
+    cursor.close()
+
+
 @pytest.mark.parametrize("alias", ALIASES)
 def test_pin__raw_connection_read_by_user_code(alias):
     connection = connections[alias]
@@ -488,12 +501,7 @@ def test_pin__raw_connection_read_by_user_code(alias):
         first = session_id(alias)
         assert not held(alias)
         raw = connection.connection  # released: taken again, and pinned
-        assert raw is not None and held(alias)
-        assert pins() == 1
-        cursor = raw.cursor()
-        cursor.execute(SESSION_ID[connection.vendor])
-        assert cursor.fetchone()[0] == first
-        cursor.close()
+        assert_pinned_session(alias, raw, first, pins)
         Item.objects.using(alias).count()
         assert connection.connection is raw and held(alias)
         connection.close()
@@ -525,12 +533,7 @@ def test_pin__raw_connection_read_through_djangos_proxy_or_shell(how):
             namespace["proxy"] = proxy
             exec(compile("raw = proxy.connection", "<string>", "exec"), namespace)
             raw = namespace["raw"]
-        assert raw is not None and held(alias)
-        assert pins() == 1
-        cursor = raw.cursor()
-        cursor.execute(SESSION_ID[connection.vendor])
-        assert cursor.fetchone()[0] == first
-        cursor.close()
+        assert_pinned_session(alias, raw, first, pins)
         connection.close()
         assert status(alias).checked_out == 0
 
