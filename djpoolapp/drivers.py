@@ -12,6 +12,7 @@ checkout (``Lease.check_caller``).  Everything else is the driver's.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import errno
 import functools
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .deadline import bounded
 from .exceptions import SessionChanged, UnreadResults
+from .lease import IN_USE
 from .sql import classify
 
 if TYPE_CHECKING:
@@ -35,6 +37,11 @@ if TYPE_CHECKING:
 #: The driver connection Django's own ``_close()`` of its current checkout is
 #: closing (set by ``patch.py``): only that ``close()`` returns it to the pool.
 closing: ContextVar[Any] = ContextVar("djpoolapp_closing", default=None)
+
+
+#: ``WatchedCursor._djpool_guard`` serial of a cursor made while no checkout
+#: held the connection (the pool's own round trips, or a stale handle).
+_NO_CHECKOUT = -1
 
 
 class PooledConnection:
@@ -73,11 +80,34 @@ class PooledConnection:
 
     # A raw handle of another thread never acts on the current checkout
     # (Lease.check_caller); the pool's own round trips run with no checkout.
+    # Every cursor made during a checkout -- Django's and raw ones of
+    # ``connection.connection`` alike -- is the lease's (Lease.track_cursor):
+    # the checkin closes it if still open, as stock Django's close of the
+    # connection would.  (Cursors made with no checkout are the pool's own
+    # round trips, or a stale handle's: see WatchedCursor.)
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         lease = self._djpool_lease
-        if lease is not None:
-            lease.check_caller()
-        return super().cursor(*args, **kwargs)  # type: ignore[misc]
+        if lease is None:
+            return super().cursor(*args, **kwargs)  # type: ignore[misc]
+        lease.check_caller()
+        cursor = super().cursor(*args, **kwargs)  # type: ignore[misc]
+        if lease.state is IN_USE:
+            lease.track_cursor(cursor)
+            if self._djpool_guard_cursors:
+                try:
+                    cursor._djpool_guard = (lease, lease.serial, _thread.get_ident())
+                except AttributeError:  # a cursor class without __dict__
+                    pass
+        elif self._djpool_guard_cursors:
+            try:
+                cursor._djpool_guard = (lease, _NO_CHECKOUT, None)
+            except AttributeError:
+                pass
+        return cursor
+
+    #: The driver's cursors check the checkout and thread they were made in
+    #: (``WatchedCursor``): set by the PostgreSQL connections.
+    _djpool_guard_cursors = False
 
     def commit(self) -> None:
         lease = self._djpool_lease
@@ -109,7 +139,15 @@ class PooledConnection:
     _djpool_guarded_methods: tuple[str, ...] = ()
 
 
-class PooledPsycopgConnection(PooledConnection):
+class _PostgresPooledConnection(PooledConnection):
+    """The PostgreSQL drivers' connections: each cursor also records the
+    checkout and thread it was made in (``WatchedCursor._djpool_guard``),
+    checked by every call of the cursor that reaches the session."""
+
+    _djpool_guard_cursors = True
+
+
+class PooledPsycopgConnection(_PostgresPooledConnection):
     """psycopg 3's connection (see :class:`PooledConnection`).
 
     Guarded: the session characteristics and prepared-statement settings
@@ -139,7 +177,7 @@ class PooledPsycopgConnection(PooledConnection):
     )  # fmt: skip
 
 
-class PooledPsycopg2Connection(PooledConnection):
+class PooledPsycopg2Connection(_PostgresPooledConnection):
     """psycopg2's connection (see :class:`PooledConnection`).
 
     Guarded: the session characteristics (setters of ``autocommit``,
@@ -162,6 +200,16 @@ class PooledPsycopg2Connection(PooledConnection):
         "tpc_begin", "tpc_prepare", "tpc_commit", "tpc_rollback", "tpc_recover",
         "lobject",
     )  # fmt: skip
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        # A cursor class given for this call (``cursor_factory=RealDictCursor``)
+        # is watched as the connection's own is.
+        factory = kwargs.get("cursor_factory")
+        if factory is not None:
+            kwargs["cursor_factory"] = _watched_psycopg2(factory)
+        elif len(args) > 1 and args[1] is not None:
+            args = (args[0], _watched_psycopg2(args[1]), *args[2:])
+        return super().cursor(*args, **kwargs)
 
 
 class _GuardedField:
@@ -283,16 +331,37 @@ def pooled_class(base: type, mixin: type = PooledConnection) -> type:
     return type(f"Pooled{base.__name__}", (mixin, base), _guards(base, mixin))
 
 
+class _NoLease:
+    """``WatchedCursor._djpool_guard``'s lease for a cursor the pooled
+    connection's ``cursor()`` did not make (a cursor class called directly)."""
+
+    serial = -2  # never a cursor's: such a cursor always takes the slow path
+
+
+_NO_LEASE: Any = _NoLease()
+
+
 class WatchedCursor:
     """Mixin for a PostgreSQL driver cursor class: every statement it runs is
     classified (``sql.classify``) and one that may change session state marks
     the connection's lease, so that ``reset_session="auto"`` resets it at
     checkin.  Set as the connection's ``cursor_factory``, so raw cursors of
     ``connection.connection`` are watched too.  A named (server-side) cursor
-    marks the lease as well (psycopg2 names its cursors here)."""
+    marks the lease as well (psycopg2 names its cursors here).
+
+    Every call that reaches the session (statements, ``COPY``, a named
+    cursor's fetches and moves) is checked first (:func:`_check_cursor`): a
+    cursor acts only for the checkout it was made in, from a thread that
+    holds it (or that Django lets share it).  A raw cursor kept past its
+    request would otherwise run its statements -- a ``COMMIT`` -- inside
+    another request's transaction on the same server session.  The cheap
+    case, the thread that made it within its checkout, is two comparisons."""
 
     #: The driver cursor's own attribute (annotation only: no class value).
     connection: Any
+    #: ``(lease, serial, thread)``: the checkout the cursor was made in and
+    #: the thread that made it (``_PostgresPooledConnection.cursor``).
+    _djpool_guard: tuple[Any, int, Any] = (_NO_LEASE, _NO_CHECKOUT, None)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -300,21 +369,57 @@ class WatchedCursor:
             _note_named_cursor(self.connection)
 
     def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        lease, serial, thread = self._djpool_guard
+        if serial != lease.serial or thread != _thread.get_ident():
+            _check_cursor(self)
         labels = _classify_pg(query, self)
         if labels and labels != _TRANSACTION:
             _note_statement(self.connection, labels)
         return super().execute(query, *args, **kwargs)  # type: ignore[misc]
 
     def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        labels = _classify_pg(query, self)
-        if labels and labels != _TRANSACTION:
-            _note_statement(self.connection, labels)
+        self._djpool_note(query)
         return super().executemany(query, *args, **kwargs)  # type: ignore[misc]
 
     def _djpool_note(self, query: Any) -> None:
+        """Check the caller, then classify *query*."""
+        lease, serial, thread = self._djpool_guard
+        if serial != lease.serial or thread != _thread.get_ident():
+            _check_cursor(self)
         labels = _classify_pg(query, self)
         if labels and labels != _TRANSACTION:
             _note_statement(self.connection, labels)
+
+    def _djpool_check(self) -> None:
+        """Check the caller (a call that talks to the session)."""
+        lease, serial, thread = self._djpool_guard
+        if serial != lease.serial or thread != _thread.get_ident():
+            _check_cursor(self)
+
+
+def _check_cursor(cursor: Any) -> None:
+    """The slow path of the cursor check (another thread, another checkout,
+    or a cursor made with no checkout): raise the driver's
+    ``InterfaceError`` unless the call is allowed."""
+    lease, serial, _ = cursor._djpool_guard
+    if lease is _NO_LEASE:
+        # Not made by the pooled connection's cursor(): the connection's check.
+        lease = getattr(cursor.connection, "_djpool_lease", None)
+        if lease is not None:
+            lease.check_caller()
+        return
+    if serial == lease.serial:
+        lease.check_caller()  # this checkout: the holder, or Django's sharing
+        return
+    if serial == _NO_CHECKOUT and lease.state is not IN_USE:
+        return  # the pool's own round trip (no checkout holds the session)
+    raise lease.driver.module.InterfaceError(
+        "djpoolapp: this cursor was made for a checkout of the connection that "
+        "has ended (the request that made it closed its connection; a cursor "
+        "of a raw handle kept from an earlier request); it cannot act on the "
+        "session, which may be another request's by now (without the app its "
+        "connection would be closed)"
+    )
 
 
 class WatchedPsycopgCursor(WatchedCursor):
@@ -334,16 +439,83 @@ class WatchedPsycopgCursor(WatchedCursor):
 
 
 class WatchedPsycopg2Cursor(WatchedCursor):
-    """psycopg2's cursors: also ``copy_expert()`` and ``callproc()``."""
+    """psycopg2's cursors: also ``copy_expert()``, ``copy_from()``,
+    ``copy_to()`` and ``callproc()``; a named cursor becomes a
+    :class:`_NamedPsycopg2Cursor` (its fetches talk to the server)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super(WatchedCursor, self).__init__(*args, **kwargs)
+        if getattr(self, "name", None) is not None:
+            _note_named_cursor(self.connection)
+            klass: Any = type(self)
+            self.__class__ = _named_psycopg2(klass)
 
     def copy_expert(self, sql: Any, *args: Any, **kwargs: Any) -> Any:
         self._djpool_note(sql)
         return super().copy_expert(sql, *args, **kwargs)  # type: ignore[misc]
 
+    def copy_from(self, *args: Any, **kwargs: Any) -> Any:
+        self._djpool_check()
+        return super().copy_from(*args, **kwargs)  # type: ignore[misc]
+
+    def copy_to(self, *args: Any, **kwargs: Any) -> Any:
+        self._djpool_check()
+        return super().copy_to(*args, **kwargs)  # type: ignore[misc]
+
     def callproc(self, procname: Any, *args: Any, **kwargs: Any) -> Any:
+        self._djpool_check()
         # A function call: what it does to the session cannot be read.
         _note_statement(self.connection, _UNKNOWN)
         return super().callproc(procname, *args, **kwargs)  # type: ignore[misc]
+
+
+class _ServerFetches:
+    """A named (server-side) cursor's calls that talk to the server besides
+    its statements: ``FETCH`` and ``MOVE`` (checked as statements are)."""
+
+    _djpool_check: Any
+
+    def fetchone(self, *args: Any, **kwargs: Any) -> Any:
+        self._djpool_check()
+        return super().fetchone(*args, **kwargs)  # type: ignore[misc]
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        self._djpool_check()
+        return super().fetchmany(*args, **kwargs)  # type: ignore[misc]
+
+    def fetchall(self, *args: Any, **kwargs: Any) -> Any:
+        self._djpool_check()
+        return super().fetchall(*args, **kwargs)  # type: ignore[misc]
+
+    def scroll(self, *args: Any, **kwargs: Any) -> Any:
+        self._djpool_check()
+        return super().scroll(*args, **kwargs)  # type: ignore[misc]
+
+    def __iter__(self) -> Any:
+        # (Checked when iteration starts; the checkin makes a named cursor
+        # of its checkout a ForgottenCursor, whose iteration refuses.)
+        self._djpool_check()
+        return super().__iter__()  # type: ignore[misc]
+
+
+class _NamedPsycopg2Cursor(_ServerFetches):
+    """Mixin of a psycopg2 cursor that was given a name."""
+
+
+@functools.cache
+def _named_psycopg2(base: type) -> type:
+    """The named-cursor class of watched psycopg2 cursor class *base*."""
+    return type(f"Named{base.__name__}", (_NamedPsycopg2Cursor, base), {})
+
+
+@functools.cache
+def _watched_psycopg2(factory: Any) -> Any:
+    """A psycopg2 ``cursor_factory`` given to ``cursor()``, watched."""
+    if not isinstance(factory, type) or issubclass(factory, WatchedCursor):
+        return factory  # watched already, or a callable (not a class)
+    base: Any = factory
+    mixin: Any = WatchedPsycopg2Cursor
+    return pooled_class(base, mixin)
 
 
 class ForgottenCursor:
@@ -397,7 +569,7 @@ def _forget(cursor: Any, error: type[Exception], message: str) -> None:
     cursor.__class__ = klass
 
 
-class WatchedServerCursor(WatchedCursor):
+class WatchedServerCursor(_ServerFetches, WatchedCursor):
     """psycopg 3's named cursors (``connection.server_cursor_factory``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -488,9 +660,42 @@ class PooledMySQLConnection(PooledConnection):
         """Whether the session may differ from a freshly set-up one."""
         return bool(self._djpool_session_changes)
 
+    #: A statement of this connection may have left warnings or an error in
+    #: the session's diagnostics area (``SHOW WARNINGS`` / ``SHOW ERRORS``,
+    #: ``@@warning_count``, ``GET DIAGNOSTICS``), which outlives the checkin:
+    #: the checkin then clears it (:meth:`_djpool_clear_diagnostics`).
+    _djpool_diagnostics = False
+
     def query(self, query: bytes | str) -> Any:
         self._djpool_watch(query)
-        return super().query(query)  # type: ignore[misc]
+        try:
+            # The previous statement's warnings (its reply is read in full by
+            # now; the checkin reads the last one's): client-side, no round
+            # trip.  A statement without warnings does not clear the area.
+            if self.warning_count():  # type: ignore[attr-defined]
+                self._djpool_diagnostics = True
+            return super().query(query)  # type: ignore[misc]
+        except BaseException:
+            self._djpool_diagnostics = True  # an error is in the area too
+            raise
+
+    def store_result(self) -> Any:
+        # An error in the middle of a result (``Subquery returns more than 1
+        # row``) is raised here, not by query().
+        try:
+            return super().store_result()  # type: ignore[misc]
+        except BaseException:
+            self._djpool_diagnostics = True
+            raise
+
+    def _djpool_clear_diagnostics(self) -> None:
+        """Empty the session's diagnostics area (one round trip, run by the
+        checkin): MariaDB and MySQL keep a statement's warnings and errors
+        until a later statement that uses a table, so ``DO 0`` or
+        ``SELECT 1`` would not do; a derived table does."""
+        super().query(b"SELECT 1 FROM (SELECT 1) AS djpool_clear")  # type: ignore[misc]
+        super().store_result()  # type: ignore[misc]
+        self._djpool_diagnostics = False
 
     def _djpool_watch(self, query: bytes | str) -> None:
         """Every statement sent: only by the checkout's own thread, and
@@ -512,8 +717,10 @@ class PooledMySQLConnection(PooledConnection):
 
     def send_query(self, query: bytes | str) -> Any:
         # The asynchronous half of query() (send_query + read_query_result):
-        # the same statements, watched the same way.
+        # the same statements, watched the same way (its warnings and errors
+        # are read by read_query_result(): assumed).
         self._djpool_watch(query)
+        self._djpool_diagnostics = True
         return super().send_query(query)  # type: ignore[misc]
 
     def select_db(self, db: str) -> Any:
@@ -1016,6 +1223,22 @@ class MySQLdbDriver(Driver):
         conn._djpool_txn_suspect = False
         return conn
 
+    def left_open(self, cursor: Any) -> bool:
+        inner = getattr(cursor, "cursor", cursor)  # (Django's MySQL wrapper)
+        if getattr(inner, "connection", None) is None:
+            return False  # closed: nothing to do
+        if getattr(inner, "_result", None) is not None and isinstance(
+            inner, self.module.cursors.CursorUseResultMixIn
+        ):
+            # An unbuffered cursor (SSCursor, a raw one) still on its result:
+            # its close() would read every row left, which could take any
+            # time.  Detached here without reading (its later use raises
+            # "cursor closed"); rows left unread make checkin_problem()
+            # invalidate the session, as before raw cursors were tracked.
+            inner.connection = None
+            return False
+        return True
+
     def forget_cursor(self, cursor: Any) -> None:
         # mysqlclient's close() reads the connection's pending results
         # (another request's, by now): detached first, it reads nothing.
@@ -1054,7 +1277,24 @@ class MySQLdbDriver(Driver):
         changes = self.session_changes(conn)
         if changes:
             return SessionChanged(changes)
-        return super().checkin_problem(conn)
+        problem = super().checkin_problem(conn)
+        if (
+            problem is None
+            and conn.open
+            and (conn._djpool_diagnostics or conn.warning_count())
+        ):
+            # The warnings and errors of the checkout's statements stay in the
+            # session's diagnostics area after the checkin: the next request
+            # (any thread) would see another request's data in SHOW
+            # WARNINGS, where a fresh connection shows none.  Cleared in one
+            # bounded round trip when a statement may have left some (the
+            # flag, or the last statement's warning count: client-side).
+            try:
+                with bounded(conn, "clear of the warnings and errors"):
+                    conn._djpool_clear_diagnostics()
+            except Exception as error:
+                return error
+        return problem
 
     def is_broken(self, conn: Any) -> bool:
         return not conn.open
@@ -1081,6 +1321,11 @@ class MySQLdbDriver(Driver):
     def end_transaction(self, conn: Any, commit: bool = False) -> None:
         super().end_transaction(conn, commit)
         conn._djpool_txn_suspect = False
+        if conn.warning_count():
+            # ROLLBACK's own ("Some non-transactional changed tables couldn't
+            # be rolled back"): not the next request's to see either.
+            with bounded(conn, "clear of the warnings and errors"):
+                conn._djpool_clear_diagnostics()
 
     def _ping(self, conn: Any) -> None:
         conn.ping()

@@ -31,8 +31,12 @@ from, so PostGIS, GIS MySQL and a project's own subclass are covered):
   right after a checkout of a mysqlclient connection that Django's own
   (not overridden) MySQL set-up already prepared and that ran no
   session-changing statement since (see ``drivers.PooledMySQLConnection``).
-- ``create_cursor()`` records the cursors of a checkout (closed at checkin)
-  and whether one was a server-side (named) cursor.
+- ``create_cursor()`` records whether a cursor of a checkout was a
+  server-side (named) one, and tracks a cursor Django made without the
+  driver connection's ``cursor()`` (psycopg 3's ``ServerSideCursor``):
+  that ``cursor()`` records every other cursor of a checkout, Django's and
+  raw ones of ``connection.connection`` alike (closed at checkin, see
+  ``drivers.PooledConnection.cursor``).
 - ``CursorWrapper.close()`` (Django's cursor, every backend) never acts on a
   session but for the cursor's own checkout, from the thread holding it: a
   cursor whose checkout has ended, or closed by another thread (the garbage
@@ -518,13 +522,19 @@ def _wrap_create_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def create_cursor(self: Any, name: Any = None) -> Any:
         cursor = original(self, name)
-        lease = getattr(self.connection, "_djpool_lease", None)
-        if lease is not None:
-            # Closed at checkin if still open: a cursor must not outlive
-            # the checkout (see Lease.checkin).
-            lease.track_cursor(cursor)
-            if name:
-                lease.named_cursors = True  # server-side: reset at checkin
+        # The pooled connection's cursor() already made it the checkout's
+        # (``PooledConnection.cursor``: closed at checkin if still open, a
+        # cursor must not outlive the checkout); Django's MySQL wrapper
+        # reads the tag of the driver cursor inside it.  A cursor made some
+        # other way (Django's psycopg 3 ServerSideCursor, a backend's own
+        # class) is tracked here.
+        if name or getattr(cursor, "_djpool_checkout", None) is None:
+            lease = getattr(self.connection, "_djpool_lease", None)
+            if lease is not None:
+                if getattr(cursor, "_djpool_checkout", None) is None:
+                    lease.track_cursor(cursor)
+                if name:
+                    lease.named_cursors = True  # server-side: reset at checkin
         return cursor
 
     create_cursor._djpool_patched = True  # type: ignore[attr-defined]
