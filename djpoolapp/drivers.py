@@ -665,6 +665,9 @@ class PooledMySQLConnection(PooledConnection):
     #: ``@@warning_count``, ``GET DIAGNOSTICS``), which outlives the checkin:
     #: the checkin then clears it (:meth:`_djpool_clear_diagnostics`).
     _djpool_diagnostics = False
+    #: How many times the checkin cleared it: a later statement that reads it
+    #: reads an empty area (``pool_mode="transaction"``, ``txmode``).
+    _djpool_diagnostics_cleared = 0
 
     def query(self, query: bytes | str) -> Any:
         self._djpool_watch(query)
@@ -696,6 +699,7 @@ class PooledMySQLConnection(PooledConnection):
         super().query(b"SELECT 1 FROM (SELECT 1) AS djpool_clear")  # type: ignore[misc]
         super().store_result()  # type: ignore[misc]
         self._djpool_diagnostics = False
+        self._djpool_diagnostics_cleared += 1
 
     def _djpool_watch(self, query: bytes | str) -> None:
         """Every statement sent: only by the checkout's own thread, and

@@ -90,6 +90,7 @@ from typing import Any, TypeVar
 __all__ = [
     "LABELS",
     "PINS_VALUE",
+    "READS_DIAGNOSTICS",
     "READS_ID",
     "READS_PREVIOUS",
     "SETS_ID",
@@ -237,12 +238,14 @@ READS_ID = 2
 #: May set the last generated id (an INSERT, REPLACE, MERGE, LOAD DATA
 #: statement, or a call of nextval(), setval(), LAST_INSERT_ID(expr)).
 SETS_ID = 4
-#: Reads what the previous statement did (FOUND_ROWS(), ROW_COUNT(), SHOW
-#: WARNINGS / ERRORS, @@warning_count, @@error_count, GET DIAGNOSTICS).
+#: Reads what the previous statement did (FOUND_ROWS(), ROW_COUNT()).
 READS_PREVIOUS = 8
+#: Reads the diagnostics area (SHOW WARNINGS / ERRORS, @@warning_count,
+#: @@error_count, GET DIAGNOSTICS), which a checkin may clear.
+READS_DIAGNOSTICS = 16
 # Kept for the names of the first version (tests, docs).
 SETS_VALUE = PINS_VALUE
-READS_VALUE = READS_ID | READS_PREVIOUS
+READS_VALUE = READS_ID | READS_PREVIOUS | READS_DIAGNOSTICS
 
 #: Any of these words sends a statement to the tokenizer (a cheap filter).
 _VALUE_WORDS = {
@@ -268,8 +271,8 @@ _PREVIOUS_READERS = frozenset({"found_rows", "row_count"})
 _MYSQL_SESSION_VALUES = {
     "identity": READS_ID,
     "last_insert_id": READS_ID,
-    "warning_count": READS_PREVIOUS,
-    "error_count": READS_PREVIOUS,
+    "warning_count": READS_DIAGNOSTICS,
+    "error_count": READS_DIAGNOSTICS,
 }
 #: Words that start a statement which may generate an id (also after "(" or
 #: ")": a data-modifying WITH, INSERT ... SELECT in parentheses).
@@ -283,7 +286,8 @@ _value_memo: dict[tuple[str, Any], int] = {}
 def session_value_use(vendor: str, statement: str | bytes) -> int:
     """How *statement* uses the values a session keeps from its earlier
     statements: a combination of :data:`PINS_VALUE`, :data:`READS_ID`,
-    :data:`SETS_ID` and :data:`READS_PREVIOUS`; 0 for none, the usual answer.
+    :data:`SETS_ID`, :data:`READS_PREVIOUS` and :data:`READS_DIAGNOSTICS`; 0
+    for none, the usual answer.
 
     Read from the statement's tokens (strings and comments are not read;
     names spelled with ``U&"..."`` escapes are not recognised; values set or
@@ -355,9 +359,9 @@ def _value_use_of_tokens(vendor: str, tokens: list[Token]) -> int:
             elif previous == ("o", "@@") and value in _MYSQL_SESSION_VALUES:
                 use |= _MYSQL_SESSION_VALUES[value]
             elif value in ("warnings", "errors") and _after_show(tokens, index):
-                use |= READS_PREVIOUS
+                use |= READS_DIAGNOSTICS
             elif value == "diagnostics" and previous == ("w", "get"):
-                use |= READS_PREVIOUS
+                use |= READS_DIAGNOSTICS
     if mysql:
         # @@session.identity / @@SESSION.warning_count
         for index in range(count - 3):

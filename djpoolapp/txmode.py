@@ -90,6 +90,7 @@ from django.db.backends.utils import CursorWrapper
 from .exceptions import SessionValueLost
 from .sql import (
     PINS_VALUE,
+    READS_DIAGNOSTICS,
     READS_ID,
     READS_PREVIOUS,
     SETS_ID,
@@ -249,12 +250,13 @@ def pin(db: Any, reason: str) -> None:
     )
 
 
-def _check_value(db: Any, source: Any, lease: Any, epoch: int, text: Any) -> None:
+def _check_value(db: Any, source: Any, now: Any, text: Any) -> None:
     """Raise :class:`SessionValueLost` when a statement reading a value of an
-    earlier statement (*source*: its ``(lease, epoch)``; None: none in this
+    earlier statement (*source*: that statement's session, as *now* gives
+    this one's: ``(lease, epoch[, diagnostics cleared])``; None: none in this
     request) is about to run on another session, or on the same one after
-    another Django connection held it or a reset cleared it."""
-    if source is None or (source[0] is lease and source[1] == epoch):
+    another Django connection held it or a checkin cleared the value."""
+    if source is None or source == now:
         return
     raise SessionValueLost(
         f"djpoolapp: {str(text)[:200]!r} reads a value the session kept from "
@@ -262,9 +264,9 @@ def _check_value(db: Any, source: Any, lease: Any, epoch: int, text: Any) -> Non
         "LAST_INSERT_ID(); or the previous statement's FOUND_ROWS(), "
         "ROW_COUNT(), warnings), but with pool_mode='transaction' the "
         f"connection of {db.alias!r} was released after that statement and "
-        "another request has used this server session since, or another "
-        "session serves this statement: the value would not be this "
-        "request's.  Read it with the statement that sets it (INSERT ... "
+        "another request has used this server session since, another "
+        "session serves this statement, or the release cleared the value "
+        "(MySQL warnings): it would not be this request's.  Read it with the statement that sets it (INSERT ... "
         "RETURNING, cursor.lastrowid), in the same cursor block, or inside "
         "one transaction.atomic() with it; or use pool_mode='request' for "
         "this alias."
@@ -298,18 +300,22 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
         return
     use = session_value_use(db.vendor, text)
     epoch = lease.epoch
+    cleared = getattr(conn, "_djpool_diagnostics_cleared", 0)  # (MySQL)
     if use:
         if use & PINS_VALUE and db._djpool_pin is None:
             # nextval() / LAST_INSERT_ID(x) / SQL_CALC_FOUND_ROWS are there
             # for a later statement to read: kept (no reset needed).
             pin(db, f"sets a value for a later statement: {str(text)[:200]!r}")
+        last = db._djpool_last_statement
         if use & READS_ID:
-            _check_value(db, db._djpool_id_source, lease, epoch, text)
+            _check_value(db, db._djpool_id_source, (lease, epoch), text)
         if use & READS_PREVIOUS:
-            _check_value(db, db._djpool_last_statement, lease, epoch, text)
+            _check_value(db, last and last[:2], (lease, epoch), text)
+        if use & READS_DIAGNOSTICS:
+            _check_value(db, last, (lease, epoch, cleared), text)
         if use & SETS_ID:
             db._djpool_id_source = (lease, epoch)
-    db._djpool_last_statement = (lease, epoch)
+    db._djpool_last_statement = (lease, epoch, cleared)
 
 
 def _user_reads_connection(db: Any, conn: Any, caller: Any) -> Any:

@@ -684,6 +684,14 @@ def test_session_value__mysql_warnings_of_the_previous_statement(alias):
         for reader in ("SHOW WARNINGS", "SELECT @@warning_count"):
             with pytest.raises(SessionValueLost):
                 _run(alias, reader)
+        # Nobody else in between, but the release cleared the warnings (so
+        # that no other request would see them): lost as well, not empty.
+        _run(alias, warn)
+        with pytest.raises(SessionValueLost, match="cleared"):
+            _run(alias, "SHOW WARNINGS")
+        # FOUND_ROWS() of the request's own previous statement, same session.
+        _run(alias, "SELECT 1")
+        assert _run(alias, "SELECT FOUND_ROWS()") == (1,)
         connections[alias].close()
 
 

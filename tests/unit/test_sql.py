@@ -602,10 +602,10 @@ def test_session_value__unknown_vendor_raises():
         ("mysql", "SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1", "pins"),
         ("mysql", "SELECT FOUND_ROWS()", "reads_previous"),
         ("mysql", "SELECT ROW_COUNT()", "reads_previous"),
-        ("mysql", "SHOW WARNINGS", "reads_previous"),
-        ("mysql", "SELECT 1; SHOW COUNT(*) ERRORS", "reads_previous"),
-        ("mysql", "SELECT @@warning_count, @@session.error_count", "reads_previous"),
-        ("mysql", "GET DIAGNOSTICS @n = NUMBER", "reads_previous"),
+        ("mysql", "SHOW WARNINGS", "reads_diagnostics"),
+        ("mysql", "SELECT 1; SHOW COUNT(*) ERRORS", "reads_diagnostics"),
+        ("mysql", "SELECT @@warning_count, @@session.error_count", "reads_diagnostics"),
+        ("mysql", "GET DIAGNOSTICS @n = NUMBER", "reads_diagnostics"),
         ("mysql", "SELECT errors, warnings FROM t", ""),
         ("mysql", "SELECT 1 -- LAST_INSERT_ID()", ""),
     ],
@@ -618,6 +618,7 @@ def test_session_value_use(vendor, statement, expected):
         "reads_id": sql.READS_ID,
         "sets_id": sql.SETS_ID,
         "reads_previous": sql.READS_PREVIOUS,
+        "reads_diagnostics": sql.READS_DIAGNOSTICS,
     }
     want = 0
     for name in expected.split():
