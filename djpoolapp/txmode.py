@@ -9,7 +9,7 @@ the same one).  "Nothing depends on it" means, all at once (see
 
 - autocommit, outside ``atomic()``, no ``on_commit`` hook pending, no
   error Django has not cleared yet;
-- no open Django cursor of this checkout (client-side cursors hold their
+- no open cursor of this checkout, Django's or raw (client-side cursors hold their
   whole result: once closed, nothing is left to read on the session);
 - the driver says no transaction is open (PostgreSQL exactly; MySQL from
   the statements seen and the server's autocommit flag);
