@@ -240,6 +240,22 @@ def monitor_connection(alias: str) -> Any:
     return conn
 
 
+#: One connection per pool: a second Django connection takes the same session.
+ONE_CONNECTION = {"pool_size": 1, "max_overflow": 0, "timeout": 10}
+
+
+@pytest.fixture
+def one_connection() -> Iterator[None]:
+    """Every alias pooled with :data:`ONE_CONNECTION`, from closed Django
+    connections, closed again after."""
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+    with override_settings(DJPOOL_OPTIONS=ONE_CONNECTION):
+        yield
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+
+
 _SESSION_LISTED = {
     "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
     "mysql": "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s",

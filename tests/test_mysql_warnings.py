@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from django.core import signals
 from django.db import DatabaseError, connections
-from django.test import override_settings
 
 from djpoolapp.drivers import PooledMySQLConnection
 from tests.modes import pool_mode  # noqa: F401  (every test, both modes)
@@ -32,7 +31,6 @@ pytestmark = [
 ]
 
 ALIAS = "mysql"
-ONE = {"pool_size": 1, "max_overflow": 0, "timeout": 10}
 
 WARNING = "SELECT CAST('secretB' AS SIGNED)"
 ERROR = "SELECT * FROM djpool_no_such_table_secretB"
@@ -50,16 +48,6 @@ ENDINGS = {
     "mid-result-error": [MID_RESULT_ERROR],
     "warning-in-one-cursor": ["one cursor", WARNING, "DO 0"],
 }
-
-
-@pytest.fixture
-def one_connection() -> Any:
-    for connection in connections.all(initialized_only=True):
-        connection.close()
-    with override_settings(DJPOOL_OPTIONS=ONE):
-        yield
-    for connection in connections.all(initialized_only=True):
-        connection.close()
 
 
 def _request(statements: list[str]) -> int:

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 from django.db import connections, transaction
-from django.test import override_settings
 
 import djpoolapp
 from tests.conftest import driver_module
@@ -37,17 +36,6 @@ pytestmark = [
 ]
 
 ALIAS = "default"
-ONE = {"pool_size": 1, "max_overflow": 0, "timeout": 10}
-
-
-@pytest.fixture
-def one_connection() -> Any:
-    for connection in connections.all(initialized_only=True):
-        connection.close()
-    with override_settings(DJPOOL_OPTIONS=ONE):
-        yield
-    for connection in connections.all(initialized_only=True):
-        connection.close()
 
 
 def _committed(name: str) -> int:
@@ -176,13 +164,26 @@ def test_raw_cursor_made_while_idle__refused_in_a_checkout(one_connection):
     connection.close()
     made_while_idle = raw.cursor()
 
+    assert isinstance(
+        _commit_inside_another_request(made_while_idle, raw, "b-idle"),
+        module.InterfaceError,
+    )
+    assert _committed("b-idle") == 0
+
+
+def _commit_inside_another_request(cursor: Any, raw: Any, name: str) -> Any:
+    """Request B, in another thread, holds the session *raw* inside
+    ``atomic()`` and inserts *name*; meanwhile *cursor* (kept by A) runs
+    ``COMMIT``.  B's block is rolled back.  The driver's error *cursor*
+    raised, or None."""
+    module = driver_module(ALIAS)
+
     def request_b() -> Any:
-        b = connections[ALIAS]
         with transaction.atomic(using=ALIAS):
-            Item.objects.using(ALIAS).create(name="b-idle")
-            assert b.connection is raw
+            assert connections[ALIAS].connection is raw
+            Item.objects.using(ALIAS).create(name=name)
             try:
-                made_while_idle.execute("COMMIT")
+                cursor.execute("COMMIT")
             except module.InterfaceError as error:
                 refused = error
             else:
@@ -190,8 +191,7 @@ def test_raw_cursor_made_while_idle__refused_in_a_checkout(one_connection):
             transaction.set_rollback(True, using=ALIAS)
         return refused
 
-    assert isinstance(in_thread(request_b), module.InterfaceError)
-    assert _committed("b-idle") == 0
+    return in_thread(request_b)
 
 
 def test_holders_own_raw_cursors_work_within_its_request(one_connection):
@@ -298,18 +298,7 @@ def test_kept_raw_cursor_of_another_class__refused_too(one_connection):
 
         kept, raw = _kept_raw_cursor(row_factory=dict_row)
 
-    def request_b() -> Any:
-        with transaction.atomic(using=ALIAS):
-            assert connections[ALIAS].connection is raw
-            Item.objects.using(ALIAS).create(name="b-factory")
-            try:
-                kept.execute("COMMIT")
-            except module.InterfaceError as error:
-                refused = error
-            else:
-                refused = None
-            transaction.set_rollback(True, using=ALIAS)
-        return refused
-
-    assert isinstance(in_thread(request_b), module.InterfaceError)
+    assert isinstance(
+        _commit_inside_another_request(kept, raw, "b-factory"), module.InterfaceError
+    )
     assert _committed("b-factory") == 0

@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 from django.db import connections
-from django.test import override_settings
 
 import djpoolapp
 from djpoolapp.drivers import (
@@ -42,7 +41,6 @@ from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
-ONE = {"pool_size": 1, "max_overflow": 0, "timeout": 10}
 
 Write = Callable[[Any], Any]
 
@@ -209,16 +207,6 @@ def _state(raw: Any) -> tuple[Any, ...]:
         )  # fmt: skip
     lease = raw._djpool_lease
     return (raw.autocommit, lease.driver.snapshot(raw))
-
-
-@pytest.fixture
-def one_connection() -> Any:
-    for connection in connections.all(initialized_only=True):
-        connection.close()
-    with override_settings(DJPOOL_OPTIONS=ONE):
-        yield
-    for connection in connections.all(initialized_only=True):
-        connection.close()
 
 
 def test_every_guarded_entry_point_has_a_case():

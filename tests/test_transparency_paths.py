@@ -11,7 +11,6 @@ import threading
 
 import pytest
 from django.db import connections, transaction
-from django.test import override_settings
 
 import djpoolapp
 from tests.conftest import ALIASES, driver_module
@@ -20,18 +19,6 @@ from tests.test_transparency import in_thread, session_id
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
-
-ONE_CONNECTION = {"pool_size": 1, "max_overflow": 0, "timeout": 5}
-
-
-@pytest.fixture
-def one_connection():
-    for connection in connections.all(initialized_only=True):
-        connection.close()
-    with override_settings(DJPOOL_OPTIONS=ONE_CONNECTION):
-        yield
-    for connection in connections.all(initialized_only=True):
-        connection.close()
 
 
 # -- a raw handle kept by another thread ----------------------------------------
