@@ -651,7 +651,7 @@ class PooledMySQLConnection(PooledConnection):
     _djpool_guarded_properties = ("converter",)
     _djpool_guarded_fields = ("cursorclass", "encoding")
     _djpool_guarded_methods = (
-        "autocommit", "change_user", "set_server_option", "kill", "ping", "stat",
+        "change_user", "set_server_option", "kill", "ping", "stat",
         "shutdown", "dump_debug_info", "read_query_result",
     )  # fmt: skip
 
@@ -681,6 +681,27 @@ class PooledMySQLConnection(PooledConnection):
         except BaseException:
             self._djpool_diagnostics = True  # an error is in the area too
             raise
+
+    def commit(self) -> None:
+        # COMMIT and SET autocommit are sent by the C client, not query():
+        # the warnings of the statement before them (an INSERT IGNORE that
+        # atomic() commits) are noted here, since their replies carry none.
+        if self.warning_count():  # type: ignore[attr-defined]
+            self._djpool_diagnostics = True
+        super().commit()
+
+    def rollback(self) -> None:
+        if self.warning_count():  # type: ignore[attr-defined]
+            self._djpool_diagnostics = True
+        super().rollback()
+
+    def autocommit(self, on: bool) -> Any:
+        lease = self._djpool_lease
+        if lease is not None:
+            lease.check_caller()
+        if self.warning_count():  # type: ignore[attr-defined]
+            self._djpool_diagnostics = True
+        return super().autocommit(on)  # type: ignore[misc]
 
     def store_result(self) -> Any:
         # An error in the middle of a result (``Subquery returns more than 1

@@ -279,14 +279,19 @@ class Lease:
 
     # -- what happens during the lease ---------------------------------------
     def track_cursor(self, cursor: Any) -> None:
-        """A cursor Django created in this checkout: closed at checkin if
-        still open, and tagged with the checkout's number (see
-        :func:`cursor_checkout`)."""
+        """A cursor made in this checkout (Django's or a raw driver cursor):
+        closed at checkin if still open, and tagged with the checkout's
+        number (see :func:`cursor_checkout`).  Weak references to cursors
+        already gone are dropped now and then (every 256th)."""
         cursors = self.cursors
         if cursors is None:
             self.cursors = [weakref.ref(cursor)]
         else:
             cursors.append(weakref.ref(cursor))
+            if len(cursors) & 255 == 0:
+                # A checkout that never ends (a worker that never closes its
+                # connection) must not keep a reference per cursor for ever.
+                cursors[:] = [ref for ref in cursors if ref() is not None]
         try:
             cursor._djpool_checkout = (self, self.serial)
         except (AttributeError, TypeError):  # a cursor class without __dict__
@@ -489,10 +494,11 @@ class Lease:
             )
         ):
             return _RESET
-        # Server-side cursors only (iterator()): closing them is all a fresh
-        # session would differ by; the session's values (lastval()) and
-        # Django's set-up stay.
-        return _CURSORS if self.named_cursors else None
+        # A server-side cursor: a full reset, not only CLOSE ALL.  Not every
+        # such cursor's statement is seen (Django's psycopg 3
+        # ServerSideCursor is built without the connection's cursor factory,
+        # so a set_config() or advisory lock in its query is not classified).
+        return _RESET if self.named_cursors else None
 
     # -- parking -------------------------------------------------------------
     def claim(self, wrapper: Any) -> bool:

@@ -348,6 +348,9 @@ def _value_use_of_tokens(vendor: str, tokens: list[Token]) -> int:
             elif mysql and value in _PREVIOUS_READERS:
                 use |= READS_PREVIOUS
             continue
+        if mysql and previous == ("o", "@@") and kind in ("w", "q"):
+            use |= _MYSQL_SESSION_VALUES.get(value, 0)  # @@identity, @@`identity`
+            continue
         if kind != "w":
             continue
         if value in statements and previous[0] == "o" and previous[1] in ";()":
@@ -356,11 +359,14 @@ def _value_use_of_tokens(vendor: str, tokens: list[Token]) -> int:
         elif mysql:
             if value == "sql_calc_found_rows":
                 use |= PINS_VALUE
-            elif previous == ("o", "@@") and value in _MYSQL_SESSION_VALUES:
-                use |= _MYSQL_SESSION_VALUES[value]
-            elif value in ("warnings", "errors") and _after_show(tokens, index):
+            elif value in ("warnings", "errors") and _statement_start(
+                tokens, index
+            ) == ("w", "show"):
                 use |= READS_DIAGNOSTICS
-            elif value == "diagnostics" and previous == ("w", "get"):
+            elif value == "diagnostics" and _statement_start(tokens, index) == (
+                "w",
+                "get",
+            ):
                 use |= READS_DIAGNOSTICS
     if mysql:
         # @@session.identity / @@SESSION.warning_count
@@ -371,13 +377,13 @@ def _value_use_of_tokens(vendor: str, tokens: list[Token]) -> int:
     return use
 
 
-def _after_show(tokens: list[Token], index: int) -> bool:
-    """``SHOW [COUNT(*)] WARNINGS`` / ``ERRORS``: whether the statement that
-    holds ``tokens[index]`` starts with SHOW."""
+def _statement_start(tokens: list[Token], index: int) -> Token:
+    """The first token of the statement that holds ``tokens[index]`` (``SHOW
+    [COUNT(*)] WARNINGS``, ``GET [CURRENT] DIAGNOSTICS``)."""
     start = index
     while start > 0 and tokens[start - 1] != ("o", ";"):
         start -= 1
-    return tokens[start] == ("w", "show")
+    return tokens[start]
 
 
 def sets_session_value(vendor: str, statement: str | bytes) -> bool:
@@ -716,6 +722,9 @@ def _MYSQL_STATEMENT(tokens: list[Token]) -> set[str]:
         return labels | {"transaction", "unknown"}
     if keyword == "handler":
         return labels | {"cursor", "unknown"}
+    if keyword == "get" and ("o", "@") in tokens:
+        # GET [CURRENT | STACKED] DIAGNOSTICS @x = MESSAGE_TEXT: assigns
+        return labels | {"user_variable"}
     if keyword in _MYSQL_HARMLESS:
         return labels
     return labels | {"unknown"}

@@ -342,7 +342,10 @@ class ConnectionAttribute:
         conn = db.__dict__.get("connection")
         if not db._djpool_txmode or db._djpool_pin is not None:
             return conn
-        caller = _user_frame(_getframe(1))
+        try:
+            caller = _user_frame(_getframe(1))
+        except Exception:  # interpreter exit: this module's globals are gone
+            return conn
         if caller is None:
             return conn
         return _user_reads_connection(db, conn, caller)

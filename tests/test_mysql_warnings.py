@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from django.core import signals
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, transaction
 
 from djpoolapp.drivers import PooledMySQLConnection
 from tests.modes import pool_mode  # noqa: F401  (every test, both modes)
@@ -47,6 +47,11 @@ ENDINGS = {
     "error-then-DO-0": [ERROR, "DO 0"],
     "mid-result-error": [MID_RESULT_ERROR],
     "warning-in-one-cursor": ["one cursor", WARNING, "DO 0"],
+    # The last statement before atomic()'s COMMIT and SET autocommit, which
+    # the C client sends without query() (review 3: an INSERT IGNORE of
+    # bulk_create(ignore_conflicts=True) leaked its duplicate key).
+    "warning-then-atomic-commit": ["atomic", WARNING],
+    "warning-then-atomic-rollback": ["atomic-rollback", WARNING],
 }
 
 
@@ -65,6 +70,14 @@ def _request(statements: list[str]) -> int:
                 for statement in statements[1:]:
                     cursor.execute(statement)
                     cursor.fetchall()
+        elif statements and statements[0].startswith("atomic"):
+            with transaction.atomic(using=ALIAS):
+                with connection.cursor() as cursor:
+                    for statement in statements[1:]:
+                        cursor.execute(statement)
+                        cursor.fetchall()
+                if statements[0] == "atomic-rollback":
+                    transaction.set_rollback(True, using=ALIAS)
         else:
             for statement in statements:
                 try:

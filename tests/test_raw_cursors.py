@@ -302,3 +302,17 @@ def test_kept_raw_cursor_of_another_class__refused_too(one_connection):
         _commit_inside_another_request(kept, raw, "b-factory"), module.InterfaceError
     )
     assert _committed("b-factory") == 0
+
+
+@pytest.mark.parametrize("alias", ["default", "mysql"])
+def test_checkout_that_never_ends_keeps_no_reference_per_cursor(alias):
+    """Review 3: a worker that never closes its connection made a weak
+    reference per cursor for ever (20,000 cursors: 20,002 entries)."""
+    connection = connections[alias]
+    connection.ensure_connection()
+    lease = connection.connection._djpool_lease
+    for _ in range(2000):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    assert len(lease.cursors) <= 256
+    connection.close()

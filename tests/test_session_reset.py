@@ -235,3 +235,43 @@ def test_init_connection_state__called_directly_runs_the_set_up_queries():
         "SET SESSION TRANSACTION ISOLATION LEVEL" in query["sql"]
         for query in queries.captured_queries
     )
+
+
+@pytest.mark.postgres
+def test_server_side_cursor__its_statement_changes_are_reset(one_connection):
+    """Review 3: with psycopg 3, Django's chunked_cursor() (QuerySet.iterator())
+    is a ServerSideCursor built without the connection's cursor factory, so
+    its statement is not classified; a set_config() or advisory lock in it
+    must still not reach the next request (the checkin after a server-side
+    cursor resets the whole session, not only CLOSE ALL)."""
+    connection = connections["default"]
+    cursor = connection.chunked_cursor()
+    cursor.execute(
+        "SELECT set_config('search_path', 'pg_catalog, djpool_evil', false), "
+        "pg_advisory_lock(4242) FROM generate_series(1, 3)"
+    )
+    cursor.fetchall()
+    cursor.close()
+    first = session_id("default")
+    connection.close()
+
+    def next_request() -> tuple[int, str, int]:
+        other = connections["default"]
+        with other.cursor() as probe:
+            probe.execute(
+                "SELECT pg_backend_pid(), current_setting('search_path'), "
+                "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid())"
+            )
+            row = probe.fetchone()
+        other.close()
+        return int(row[0]), str(row[1]), int(row[2])
+
+    result: list[tuple[int, str, int]] = []
+    thread = threading.Thread(target=lambda: result.append(next_request()))
+    thread.start()
+    thread.join(30)
+    session, search_path, locks = result[0]
+    assert session == first  # one connection: the same session
+    assert "djpool_evil" not in search_path
+    assert locks == 0

@@ -216,7 +216,7 @@ def test_every_guarded_entry_point_has_a_case():
         assert _guarded_names(PooledPsycopg2Connection) == set(_psycopg2_writes())
     else:
         assert _guarded_names(PooledPsycopgConnection) == set(_psycopg_writes())
-    own = {"select_db", "set_character_set", "query", "send_query"}
+    own = {"select_db", "set_character_set", "query", "send_query", "autocommit"}
     assert _guarded_names(PooledMySQLConnection) | own == set(_MYSQL_NAMES)
 
 

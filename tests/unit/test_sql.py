@@ -82,6 +82,10 @@ COMMON = [
 ]
 
 MYSQL = [
+    # GET DIAGNOSTICS assigns user variables (review 3: a message text with
+    # another request's data stayed in @m)
+    ("GET DIAGNOSTICS CONDITION 1 @m = MESSAGE_TEXT", L("user_variable")),
+    ("GET CURRENT DIAGNOSTICS @n = NUMBER", L("user_variable")),
     # the inputs (item 2)
     (
         "SET @trace = 'a'; START TRANSACTION; SELECT 1",
@@ -606,6 +610,9 @@ def test_session_value__unknown_vendor_raises():
         ("mysql", "SELECT 1; SHOW COUNT(*) ERRORS", "reads_diagnostics"),
         ("mysql", "SELECT @@warning_count, @@session.error_count", "reads_diagnostics"),
         ("mysql", "GET DIAGNOSTICS @n = NUMBER", "reads_diagnostics"),
+        ("mysql", "GET CURRENT DIAGNOSTICS @n = NUMBER", "reads_diagnostics"),
+        ("mysql", "SELECT @@`identity`, @@session.`last_insert_id`", "reads_id"),
+        ("mysql", "SELECT @@`warning_count`", "reads_diagnostics"),
         ("mysql", "SELECT errors, warnings FROM t", ""),
         ("mysql", "SELECT 1 -- LAST_INSERT_ID()", ""),
     ],
