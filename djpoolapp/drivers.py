@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .deadline import bounded
 from .exceptions import SessionChanged, UnreadResults
-from .lease import IN_USE
+from .lease import IN_USE, _current_owner
 from .sql import classify
 
 if TYPE_CHECKING:
@@ -155,13 +155,24 @@ class PooledPsycopgConnection(_PostgresPooledConnection):
     of ``PsycopgDriver.snapshot``), statements and transactions that do not
     go through ``cursor()`` (``transaction()``, ``pipeline()``, two-phase
     commit), the notification stream and the notice/notify handlers (they
-    would receive the holder's).  Not guarded: ``cancel()`` /
+    would receive the holder's), and ``wait()``, through which every
+    statement of every cursor reaches the server: a cursor built from its
+    class (``psycopg.ClientCursor(conn)``, ``psycopg.ServerCursor(conn,
+    name)``), which neither the connection's ``cursor()`` nor its factories
+    see, is refused by another thread too.  Not guarded: ``cancel()`` /
     ``cancel_safe()`` (made to be called from another thread, over a
     connection of their own; on a wrong session the holder sees an error,
-    never a silent change), ``wait()`` (psycopg's own machinery, every
-    statement), ``pgconn`` and ``adapters`` (escape hatches to libpq and to
-    the adaptation map, which cannot be watched), reads.
+    never a silent change), ``pgconn`` and ``adapters`` (escape hatches to
+    libpq and to the adaptation map, which cannot be watched), reads.
     """
+
+    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        lease = self._djpool_lease
+        if lease is not None and lease.state is IN_USE:
+            owner = lease.owner
+            if owner is None or owner() is not _current_owner():
+                lease.check_caller()  # (the holder's own calls: no call here)
+        return super().wait(gen, *args, **kwargs)  # type: ignore[misc]
 
     _djpool_guarded_properties = (
         "autocommit", "isolation_level", "read_only", "deferrable",

@@ -316,3 +316,50 @@ def test_checkout_that_never_ends_keeps_no_reference_per_cursor(alias):
             cursor.execute("SELECT 1")
     assert len(lease.cursors) <= 256
     connection.close()
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # psycopg 3's, on GC
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("make", ["ClientCursor", "Cursor", "ServerCursor"])
+def test_cursor_built_from_its_class_cannot_act_in_another_threads_transaction(
+    make, one_connection
+):
+    """Review 3: a psycopg 3 cursor built from its class on the raw
+    connection (``psycopg.ClientCursor(conn)``, as psycopg's documentation
+    shows for client-side binding) bypasses the connection's ``cursor()``
+    and factories.  Kept by A past its request and used by A's thread while
+    B's request holds the session inside ``atomic()``, its COMMIT is refused
+    (psycopg's ``wait()``, which every statement goes through, checks the
+    thread), and nothing of B's is committed."""
+    if driver_module(ALIAS).__name__ != "psycopg":
+        pytest.skip("psycopg 3's cursor classes (psycopg2's C cursor type has no hook)")
+    import psycopg
+
+    connection = connections[ALIAS]
+    connection.ensure_connection()
+    raw = connection.connection
+    if make == "ServerCursor":
+        kept = psycopg.ServerCursor(raw, "djpool_kept")
+    else:
+        kept = getattr(psycopg, make)(raw)
+    connection.close()  # A's request ends
+    inserted, tried = threading.Event(), threading.Event()
+
+    def request_b() -> None:
+        with transaction.atomic(using=ALIAS):
+            assert connections[ALIAS].connection is raw
+            Item.objects.using(ALIAS).create(name=f"b-{make}")
+            inserted.set()
+            assert tried.wait(10)
+            transaction.set_rollback(True, using=ALIAS)
+
+    thread = threading.Thread(target=lambda: in_thread(request_b))
+    thread.start()
+    try:
+        assert inserted.wait(10)
+        with pytest.raises(psycopg.InterfaceError, match="another thread"):
+            kept.execute("COMMIT")
+    finally:
+        tried.set()
+        thread.join(10)
+    assert _committed(f"b-{make}") == 0
