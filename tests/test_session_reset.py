@@ -18,7 +18,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from djpoolapp.pool import registry
-from tests.conftest import custom_mysql_handler
+from tests.conftest import custom_mysql_handler, wait_session_gone
 from tests.modes import pool_mode  # noqa: F401  (every test, both modes)
 from tests.test_transparency import session_id
 
@@ -101,7 +101,10 @@ def _change_and_check(alias, change, check):
     else:
         # MySQL has no reset that keeps what the connection was opened with:
         # a changed session is closed at checkin (drivers.MySQLdbDriver).
+        # The server ends it, and frees its locks, asynchronously (as after
+        # stock Django's close): the check waits for that first.
         assert session_id(alias) != sid
+        assert wait_session_gone(alias, sid)
     if callable(check):
         return check(connection)
     with connection.cursor() as cursor:
