@@ -393,10 +393,9 @@ class WatchedCursor:
         return super().executemany(query, *args, **kwargs)  # type: ignore[misc]
 
     def _djpool_note(self, query: Any) -> None:
-        """Check the caller, then classify *query*."""
-        lease, serial, thread = self._djpool_guard
-        if serial != lease.serial or thread != _thread.get_ident():
-            _check_cursor(self)
+        """Check the caller, then classify *query* (``execute()`` does the
+        same inline: it runs for every statement)."""
+        self._djpool_check()
         labels = _classify_pg(query, self)
         if labels and labels != _TRANSACTION:
             _note_statement(self.connection, labels)
@@ -686,32 +685,32 @@ class PooledMySQLConnection(PooledConnection):
             # The previous statement's warnings (its reply is read in full by
             # now; the checkin reads the last one's): client-side, no round
             # trip.  A statement without warnings does not clear the area.
-            if self.warning_count():  # type: ignore[attr-defined]
-                self._djpool_diagnostics = True
+            self._djpool_note_warnings()
             return super().query(query)  # type: ignore[misc]
         except BaseException:
             self._djpool_diagnostics = True  # an error is in the area too
             raise
 
-    def commit(self) -> None:
-        # COMMIT and SET autocommit are sent by the C client, not query():
-        # the warnings of the statement before them (an INSERT IGNORE that
-        # atomic() commits) are noted here, since their replies carry none.
+    # COMMIT, ROLLBACK and SET autocommit are sent by the C client, not
+    # query(): the warnings of the statement before them (an INSERT IGNORE
+    # that atomic() commits) are noted here, since their replies carry none.
+    def _djpool_note_warnings(self) -> None:
         if self.warning_count():  # type: ignore[attr-defined]
             self._djpool_diagnostics = True
+
+    def commit(self) -> None:
+        self._djpool_note_warnings()
         super().commit()
 
     def rollback(self) -> None:
-        if self.warning_count():  # type: ignore[attr-defined]
-            self._djpool_diagnostics = True
+        self._djpool_note_warnings()
         super().rollback()
 
     def autocommit(self, on: bool) -> Any:
         lease = self._djpool_lease
         if lease is not None:
             lease.check_caller()
-        if self.warning_count():  # type: ignore[attr-defined]
-            self._djpool_diagnostics = True
+        self._djpool_note_warnings()
         return super().autocommit(on)  # type: ignore[misc]
 
     def store_result(self) -> Any:

@@ -418,7 +418,7 @@ class Lease:
                 if driver.in_transaction(conn) is not False:
                     driver.end_transaction(conn)
                 reset = self._reset_needed(pool.reset_session)
-                if reset is _RESET or pool.reset_session != "auto":
+                if reset is not None or pool.reset_session != "auto":
                     # Reset (Django's set-up is undone), or kept as the
                     # request left it (reset_session=False): only Django's
                     # own connect() may hand it to another Django connection.
@@ -487,6 +487,11 @@ class Lease:
             return _CURSORS if self.named_cursors else None
         if (
             self.changed
+            # A server-side cursor: a full reset, not only CLOSE ALL.  Not
+            # every such cursor's statement is seen (Django's psycopg 3
+            # ServerSideCursor is built without the connection's cursor
+            # factory: a set_config() in its query is not classified).
+            or self.named_cursors
             or self.driver.session_changed(self.conn)
             or (
                 self.snapshot is not UNSET
@@ -494,11 +499,7 @@ class Lease:
             )
         ):
             return _RESET
-        # A server-side cursor: a full reset, not only CLOSE ALL.  Not every
-        # such cursor's statement is seen (Django's psycopg 3
-        # ServerSideCursor is built without the connection's cursor factory,
-        # so a set_config() or advisory lock in its query is not classified).
-        return _RESET if self.named_cursors else None
+        return None
 
     # -- parking -------------------------------------------------------------
     def claim(self, wrapper: Any) -> bool:

@@ -528,10 +528,11 @@ def _wrap_create_cursor(original: Callable[..., Any]) -> Callable[..., Any]:
         # reads the tag of the driver cursor inside it.  A cursor made some
         # other way (Django's psycopg 3 ServerSideCursor, a backend's own
         # class) is tracked here.
-        if name or getattr(cursor, "_djpool_checkout", None) is None:
+        tracked = getattr(cursor, "_djpool_checkout", None) is not None
+        if name or not tracked:
             lease = getattr(self.connection, "_djpool_lease", None)
             if lease is not None:
-                if getattr(cursor, "_djpool_checkout", None) is None:
+                if not tracked:
                     lease.track_cursor(cursor)
                 if name:
                     lease.named_cursors = True  # server-side: reset at checkin

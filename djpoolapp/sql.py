@@ -243,8 +243,7 @@ READS_PREVIOUS = 8
 #: Reads the diagnostics area (SHOW WARNINGS / ERRORS, @@warning_count,
 #: @@error_count, GET DIAGNOSTICS), which a checkin may clear.
 READS_DIAGNOSTICS = 16
-# Kept for the names of the first version (tests, docs).
-SETS_VALUE = PINS_VALUE
+#: Any of the readers (:func:`reads_session_value`).
 READS_VALUE = READS_ID | READS_PREVIOUS | READS_DIAGNOSTICS
 
 #: Any of these words sends a statement to the tokenizer (a cheap filter).
@@ -348,8 +347,19 @@ def _value_use_of_tokens(vendor: str, tokens: list[Token]) -> int:
             elif mysql and value in _PREVIOUS_READERS:
                 use |= READS_PREVIOUS
             continue
-        if mysql and previous == ("o", "@@") and kind in ("w", "q"):
-            use |= _MYSQL_SESSION_VALUES.get(value, 0)  # @@identity, @@`identity`
+        if (
+            mysql
+            and kind in ("w", "q")
+            and (
+                previous == ("o", "@@")  # @@identity, @@`identity`
+                or (
+                    previous == ("o", ".")
+                    and index > 2
+                    and tokens[index - 3] == ("o", "@@")
+                )
+            )
+        ):  # @@SESSION.warning_count
+            use |= _MYSQL_SESSION_VALUES.get(value, 0)
             continue
         if kind != "w":
             continue
@@ -368,12 +378,6 @@ def _value_use_of_tokens(vendor: str, tokens: list[Token]) -> int:
                 "get",
             ):
                 use |= READS_DIAGNOSTICS
-    if mysql:
-        # @@session.identity / @@SESSION.warning_count
-        for index in range(count - 3):
-            if tokens[index] == ("o", "@@") and tokens[index + 2] == ("o", "."):
-                name = tokens[index + 3][1]
-                use |= _MYSQL_SESSION_VALUES.get(name, 0)
     return use
 
 

@@ -9,8 +9,9 @@ the same one).  "Nothing depends on it" means, all at once (see
 
 - autocommit, outside ``atomic()``, no ``on_commit`` hook pending, no
   error Django has not cleared yet;
-- no open cursor of this checkout, Django's or raw (client-side cursors hold their
-  whole result: once closed, nothing is left to read on the session);
+- no open cursor of this checkout, Django's or raw (client-side cursors
+  hold their whole result: once closed, nothing is left to read on the
+  session);
 - the driver says no transaction is open (PostgreSQL exactly; MySQL from
   the statements seen and the server's autocommit flag);
 - nothing *pinned* it.
@@ -67,10 +68,10 @@ Pinning
       the connection it expects.  Django's own code and djpoolapp's read it
       without pinning (judged by the caller's source file; ``from
       django.db import connection``, Django's proxy, is looked through to
-      its caller; code run by ``manage.py shell -c`` is the user's).  The same through a Django cursor
-      (``cursor.connection``, which Django's ``CursorWrapper`` hands to the
-      driver cursor); not through the driver's own cursor
-      (``cursor.cursor.connection``).
+      its caller; code run by ``manage.py shell -c`` is the user's).  The
+      same through a Django cursor (``cursor.connection``, which Django's
+      ``CursorWrapper`` hands to the driver cursor); not through the
+      driver's own cursor (``cursor.cursor.connection``).
 """
 
 from __future__ import annotations
@@ -218,8 +219,8 @@ def _pin_reason(lease: Any, conn: Any) -> str | None:
 
     A server-side cursor does not pin: while open it holds the connection
     (as any open cursor does); once closed nothing of it is left on the
-    session, and one dropped unclosed is closed by the checkin's ``CLOSE
-    ALL`` (``Lease.named_cursors``)."""
+    session, and one dropped unclosed is closed by the checkin's session
+    reset (``Lease.named_cursors``)."""
     changed = lease.changed - _TRANSACTION
     if changed:
         return "session state changed: " + ", ".join(sorted(changed))
@@ -266,10 +267,10 @@ def _check_value(db: Any, source: Any, now: Any, text: Any) -> None:
         f"connection of {db.alias!r} was released after that statement and "
         "another request has used this server session since, another "
         "session serves this statement, or the release cleared the value "
-        "(MySQL warnings): it would not be this request's.  Read it with the statement that sets it (INSERT ... "
-        "RETURNING, cursor.lastrowid), in the same cursor block, or inside "
-        "one transaction.atomic() with it; or use pool_mode='request' for "
-        "this alias."
+        "(MySQL warnings): it would not be this request's.  Read it with the "
+        "statement that sets it (INSERT ... RETURNING, cursor.lastrowid), in "
+        "the same cursor block, or inside one transaction.atomic() with it; "
+        "or use pool_mode='request' for this alias."
     )
 
 
@@ -475,11 +476,12 @@ def install() -> None:
     _set(base, "_djpool_pin", None)
     _set(base, "_djpool_released", False)
     _set(base, "_djpool_connecting", 0)
-    #: ``(lease, lease.epoch)`` of this Django connection's last statement in
-    #: the request (``_note_statement``); None at its start.
+    #: ``(lease, lease.epoch, diagnostics cleared)`` of this Django
+    #: connection's last statement in the request (``_note_statement``; the
+    #: count is MySQL's ``_djpool_diagnostics_cleared``); None at its start.
     _set(base, "_djpool_last_statement", None)
-    #: The same, of its last statement that may have set the last generated
-    #: id (``sql.SETS_ID``).
+    #: ``(lease, lease.epoch)`` of its last statement that may have set the
+    #: last generated id (``sql.SETS_ID``).
     _set(base, "_djpool_id_source", None)
     _set(base, "connect", _wrap_connect(base.connect))
     _set(base, "close", _wrap_close(base.close))

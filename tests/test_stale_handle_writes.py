@@ -34,7 +34,7 @@ from djpoolapp.drivers import (
     PooledPsycopgConnection,
 )
 from djpoolapp.pool import registry
-from tests.conftest import driver_module
+from tests.conftest import ALIASES, driver_module
 from tests.modes import pool_mode  # noqa: F401  (every test, both modes)
 from tests.test_transparency import in_thread
 from tests.testapp.models import Item
@@ -315,13 +315,7 @@ def _holder_writes(alias: str) -> list[tuple[str, Write, Write]]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "alias",
-    [
-        pytest.param("default", marks=pytest.mark.postgres, id="postgres"),
-        pytest.param("mysql", marks=pytest.mark.mysql, id="mysql"),
-    ],
-)
+@pytest.mark.parametrize("alias", ALIASES)
 def test_holder_writes_through_its_own_handle_and_the_reset_undoes_them(
     alias, one_connection
 ):
@@ -347,13 +341,7 @@ def test_holder_writes_through_its_own_handle_and_the_reset_undoes_them(
     assert djpoolapp.pool_status(alias)[alias].invalidated == invalidated
 
 
-@pytest.mark.parametrize(
-    "alias",
-    [
-        pytest.param("default", marks=pytest.mark.postgres, id="postgres"),
-        pytest.param("mysql", marks=pytest.mark.mysql, id="mysql"),
-    ],
-)
+@pytest.mark.parametrize("alias", ALIASES)
 def test_thread_sharing__another_thread_writes_when_django_allows_it(
     alias, one_connection
 ):
@@ -373,13 +361,7 @@ def test_thread_sharing__another_thread_writes_when_django_allows_it(
         connection.close()
 
 
-@pytest.mark.parametrize(
-    "alias",
-    [
-        pytest.param("default", marks=pytest.mark.postgres, id="postgres"),
-        pytest.param("mysql", marks=pytest.mark.mysql, id="mysql"),
-    ],
-)
+@pytest.mark.parametrize("alias", ALIASES)
 def test_recovery__of_an_abandoned_checkout_resets_from_another_thread(
     alias, one_connection, caplog
 ):
