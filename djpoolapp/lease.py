@@ -114,6 +114,7 @@ class _Owner:
 
 
 _owners = threading.local()
+_monotonic = time.monotonic
 _RESET = object()
 #: Lease.snapshot before Django first set the connection up.
 UNSET: Any = object()
@@ -385,7 +386,7 @@ class Lease:
         self.state = IDLE  # (no caller check during the pool's round trips)
         self.serial += 1  # this checkout's cursors are stale from here on
         self.orphans = None  # (closed by the CLOSE ALL below: named_cursors)
-        self.returned_at = time.monotonic()
+        self.returned_at = _monotonic()
         reason: BaseException | str | None = None
         cursors = self.cursors
         if cursors is not None:
@@ -417,7 +418,19 @@ class Lease:
                 # holds a transaction (nor its locks).
                 if driver.in_transaction(conn) is not False:
                     driver.end_transaction(conn)
-                reset = self._reset_needed(pool.reset_session)
+                mode = pool.reset_session
+                if (
+                    mode == "auto"
+                    and not self.changed
+                    and not self.named_cursors
+                    and not driver.session_changed(conn)
+                    and (
+                        self.snapshot is UNSET or driver.snapshot(conn) == self.snapshot
+                    )
+                ):
+                    reset = None  # (_reset_needed's common case, inline)
+                else:
+                    reset = self._reset_needed(mode)
                 if reset is not None or pool.reset_session != "auto":
                     # Reset (Django's set-up is undone), or kept as the
                     # request left it (reset_session=False): only Django's
@@ -444,7 +457,11 @@ class Lease:
         if park and not (
             # Parked only in the autocommit Django left it in (the fast path
             # skips Django's set_autocommit()).
-            reason is None and driver.autocommit(conn) is True and pool.park(self)
+            reason is None
+            and driver.autocommit(conn) is True
+            and pool.parking
+            and not pool.retired
+            and pool.queue.park(self)
         ):
             park = False
             self.fairy = self.holder = self.owner = None
@@ -517,8 +534,13 @@ class Lease:
         if pool.retired:
             self._return(None)  # closed as "retired"
             return False
-        if not self.checked_for_reuse():
-            return False
+        try:  # (checked_for_reuse, inline)
+            self.check_on_checkout(_monotonic())
+        except BaseException as error:
+            self._invalidate_checked(error)
+            if isinstance(error, sa_exc.DisconnectionError):
+                return False
+            raise
         owner = self.owner
         token = _current_owner()
         if owner is None or owner() is not token:
@@ -533,15 +555,18 @@ class Lease:
         ``gevent.Timeout``) in the middle of the check leaves the session in
         an unknown state: invalidated too, then re-raised."""
         try:
-            self.check_on_checkout(time.monotonic())
+            self.check_on_checkout(_monotonic())
         except BaseException as error:
-            fairy = self.fairy
-            self.fairy = self.holder = self.owner = None
-            fairy.invalidate(e=error)
+            self._invalidate_checked(error)
             if isinstance(error, sa_exc.DisconnectionError):
                 return False
             raise
         return True
+
+    def _invalidate_checked(self, error: BaseException) -> None:
+        fairy = self.fairy
+        self.fairy = self.holder = self.owner = None
+        fairy.invalidate(e=error)
 
     def stolen(self) -> None:
         """Under the queue's mutex: another checkout took this parked

@@ -137,8 +137,9 @@ def _wrap_close(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def _close(self: Any) -> Any:
         connection = self.connection
-        lease = getattr(connection, "_djpool_lease", None)
-        if lease is None or not lease.held_by(self):
+        lease: Any = getattr(connection, "_djpool_lease", None)
+        holder = lease.holder if lease is not None else None
+        if holder is None or holder() is not self:
             return original(self)
         if self.errors_occurred or self.in_atomic_block:
             # Django saw an error it did not clear with a successful
@@ -149,37 +150,49 @@ def _wrap_close(original: Callable[..., Any]) -> Callable[..., Any]:
                 if self.errors_occurred
                 else "closed inside atomic()"
             )
-        else:
-            want_park(self, lease)
+        elif want_park(self, lease):
+            # The fast path's checkin (parks, or hands over to a waiter).
+            # Django's own _close() (checked by _parkable) would only run the
+            # driver connection's close() under wrap_database_errors, which
+            # runs this same checkin (PooledConnection.close).
+            with self.wrap_database_errors:
+                lease.checkin()
+            if lease.state is PARKED and lease.holder is holder:
+                # (After a hand-over the lease is another thread's.)
+                self._djpool_park = lease
+                self._djpool_park_generation = _settings_generation[0]
+            return None
         token = closing.set(connection)  # this close() checks it in
         try:
             return original(self)
         finally:
             closing.reset(token)
-            note_parked(self, lease)
 
     _close._djpool_patched = True  # type: ignore[attr-defined]
     return _close
 
 
-def want_park(wrapper: Any, lease: Any) -> None:
+def want_park(wrapper: Any, lease: Any) -> bool:
     """Ask the checkin about to run (Django's close at request end, or
     ``pool_mode="transaction"``'s release) to park *lease*'s connection with
-    Django's *wrapper* (``Lease.park_wanted``): when the pool parks, the
-    wrapper is in its settings' autocommit mode and Django's per-connect
-    set-up has no project code (``_parkable``)."""
+    Django's *wrapper* (``Lease.park_wanted``, returned): when the pool
+    parks, the wrapper is in its settings' autocommit mode and Django's
+    per-connect set-up and close have no project code (``_parkable``)."""
+    pool = lease.pool
     if (
         wrapper.autocommit == wrapper.settings_dict["AUTOCOMMIT"]
-        and lease.pool.parking
-        and lease.pool.settings_seen is not None  # (else never taken back)
+        and pool.parking
+        and pool.settings_seen is not None  # (else never taken back)
         and _parkable(type(wrapper))
     ):
         lease.park_wanted = True
+        return True
+    return False
 
 
 def note_parked(wrapper: Any, lease: Any) -> None:
     """After that checkin: remember on *wrapper* the lease it parked, which
-    its next ``connect()`` takes back (``_fast_connect``)."""
+    its next ``connect()`` takes back (``_claim``)."""
     if lease.held_by(wrapper):
         # (The checkin clears it; after a hand-over the lease is another
         # thread's: not touched.)
@@ -234,9 +247,10 @@ def _parkable(klass: type) -> bool:
 
 
 #: The ``DatabaseWrapper`` methods of Django's ``connect()`` that the fast
-#: path skips: a backend that overrides one of them outside Django's own
-#: backends (a connection counter, IAM tokens, a tenant's ``SET``) does not
-#: park, so the override runs at every request as without the app.
+#: path skips, and ``_close()``, which the parking checkin replaces: a
+#: backend that overrides one of them outside Django's own backends (a
+#: connection counter, IAM tokens, a tenant's ``SET``) does not park, so the
+#: override runs at every request as without the app.
 CONNECT_PATH = (
     "connect",
     "check_settings",
@@ -245,6 +259,7 @@ CONNECT_PATH = (
     "set_autocommit",
     "_set_autocommit",
     "init_connection_state",
+    "_close",
 )
 _DJANGO_BACKENDS = ("django.db.backends.", "django.contrib.gis.db.backends.")
 
@@ -366,6 +381,28 @@ def _wrap_connect(original: Callable[..., Any], klass: type) -> Callable[..., An
 
     def connect(self: Any) -> Any:
         found = self.__dict__
+        lease = found.get("_djpool_park")
+        if (
+            lease is not None
+            and self.connection is None
+            and found.get("_djpool_pending") is None  # (an outer wrapper ran)
+            and _installed  # (a bound method kept past uninstall())
+            and _parkable(type(self))
+        ):
+            # The common case, first: take back the connection this wrapper
+            # parked at its last close.
+            self._djpool_park = None
+            try:
+                claimed = _claim(self, lease)
+            finally:
+                if found.get("_djpool_released"):
+                    # Connected or failed: transaction mode's "released"
+                    # state ends, as its own connect() wrapper (not reached:
+                    # it runs only on Django's connect()) would end it.
+                    self._djpool_released = False
+            if claimed:
+                return None
+            lease.release_parked()  # taken, closed, or settings changed
         fast = None
         try:
             fast = (
@@ -373,14 +410,11 @@ def _wrap_connect(original: Callable[..., Any], klass: type) -> Callable[..., An
                 and found.get("_djpool_pending") is None  # (an outer wrapper ran)
                 and _installed  # (a bound method kept past uninstall())
                 and _parkable(type(self))
-                and _fast_connect(self)
+                and _adopt(self)
             )
         finally:
             if fast is not False and found.get("_djpool_released"):
-                # The fast path connected, or failed: transaction mode's
-                # "released" state ends, as its own connect() wrapper (not
-                # reached: it runs only on Django's connect()) would end it.
-                self._djpool_released = False
+                self._djpool_released = False  # (as above)
         if fast:
             return None
         try:
@@ -393,25 +427,45 @@ def _wrap_connect(original: Callable[..., Any], klass: type) -> Callable[..., An
                 self._djpool_pending = None
                 pending._djpool_lease.give_back()
 
-    def _fast_connect(self: Any) -> bool:
-        """True: *self* is connected (Django's set-up skipped)."""
-        lease = self.__dict__.get("_djpool_park")
-        if lease is not None:
-            self._djpool_park = None
-            started = perf_counter()
-            if (
-                self.settings_dict == lease.pool.settings_seen
-                and self._djpool_park_generation == _settings_generation[0]
-                and lease.claim(self)
-            ):
-                _take(self, lease, monotonic)
-                # A checkout for the statistics and metrics, as the one
-                # Django's connect() would have made.
-                lease.pool.stats.add_checkout_time(perf_counter() - started)
-                if connection_checked_out.receivers or debug(DEBUG):
-                    lease.pool._announce_checkout(lease.conn, 0.0)
-                return True
-            lease.release_parked()  # taken, closed, or settings changed
+    def _claim(self: Any, lease: Any) -> bool:
+        """True: *self* took back *lease*, the connection it parked (checked
+        as a checkout checks it, ``Lease.claim``), and is connected."""
+        started = perf_counter()
+        pool = lease.pool
+        if not (
+            self.settings_dict == pool.settings_seen
+            and self._djpool_park_generation == _settings_generation[0]
+            and lease.claim(self)
+        ):
+            return False
+        # As Django's connect() leaves the wrapper (see _take; what its
+        # set-up put on the wrapper is still there: this wrapper did it).
+        self.in_atomic_block = False
+        self.savepoint_ids = []
+        self.atomic_blocks = []
+        self.needs_rollback = False
+        settings_dict = self.settings_dict
+        self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
+        max_age = settings_dict["CONN_MAX_AGE"]
+        self.close_at = None if max_age is None else monotonic() + max_age
+        self.closed_in_transaction = False
+        self.errors_occurred = False
+        self.health_check_done = True
+        self.autocommit = settings_dict["AUTOCOMMIT"]
+        self.connection = lease.conn
+        self.run_on_commit = []
+        # A checkout for the statistics and metrics, as the one Django's
+        # connect() would have made.
+        pool.stats.add_checkout_time(perf_counter() - started)
+        if connection_checked_out.receivers or debug(DEBUG):
+            pool._announce_checkout(lease.conn, 0.0)
+        return True
+
+    def _adopt(self: Any) -> bool:
+        """Check a connection out; True: Django already set it up for the
+        same settings (handed over by a checkin while this checkout waited,
+        taken from another thread's parking, or idle), and *self* is
+        connected with it, Django's set-up skipped."""
         pool = _adoptable(self)
         if pool is None:
             return False

@@ -172,9 +172,10 @@ class FairQueue(QueueCommon[_T], Generic[_T]):
             if self._waiters:
                 self._hand_over(item)
                 return True
-            if self._idle or self._full():
+            parked = self._parked
+            if self._idle or 0 < self.maxsize <= len(parked):  # (_full, inline)
                 return False
-            self._parked[item] = None
+            parked[item] = None
             item.state = _PARKED
             return True
 
