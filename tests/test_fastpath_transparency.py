@@ -363,6 +363,40 @@ def test_parking__backend_overriding_get_new_connection_runs_it_every_request():
     assert type(connection).new_connections == 3
 
 
+@pytest.mark.postgres
+def test_parking__backend_overriding_close_runs_it_every_request():
+    """A parking checkin runs instead of Django's ``_close()`` (which only
+    closes the driver connection): a project backend that overrides
+    ``_close()`` sees it called at every request end, as stock Django calls
+    it, and its connection goes back to the pool (not parked)."""
+    import warnings
+
+    from django.db.utils import ConnectionHandler
+
+    from djpoolapp import patch
+
+    settings_dict = {
+        **connections.settings["default"],
+        "ENGINE": "tests.custom_postgres_close",
+    }
+    databases = {**connections.settings, "default": settings_dict}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Overriding setting DATABASES")
+        with override_settings(DATABASES=databases):
+            handler = ConnectionHandler(databases)
+            connection = handler["default"]
+            patch.install(type(connection))
+            type(connection).closes = 0
+            for _ in range(3):  # three requests of one thread
+                connection.ensure_connection()
+                raw = connection.connection
+                connection.close_if_unusable_or_obsolete()  # request end
+                assert connection.connection is None
+                assert connection._djpool_park is None  # not parked
+                assert raw._djpool_lease.state == "idle"  # back in the pool
+    assert type(connection).closes == 3
+
+
 @pytest.mark.parametrize("alias", ALIASES)
 def test_parking__receiver_connected_after_parking_runs_at_the_next_request(alias):
     """Review finding: a connection_created receiver connected while a
