@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from .deadline import bounded
 from .exceptions import SessionChanged, UnreadResults
-from .lease import IN_USE, _current_owner
-from .sql import classify
+from .lease import IN_USE, _owners
+from .sql import _memo, classify
 
 if TYPE_CHECKING:
     from .lease import Lease
@@ -64,6 +64,9 @@ class PooledConnection:
     _djpool_discard: bool = False
     #: ``(fd, device, inode)`` of its socket when opened (Driver.socket_fd).
     _djpool_socket: tuple[int, int, int] | None = None
+    #: How many times the checkin cleared the session's diagnostics area
+    #: (MySQL: PooledMySQLConnection; read by ``txmode._note_statement``).
+    _djpool_diagnostics_cleared = 0
 
     def close(self) -> None:
         lease = self._djpool_lease
@@ -84,30 +87,25 @@ class PooledConnection:
     # ``connection.connection`` alike -- is the lease's (Lease.track_cursor):
     # the checkin closes it if still open, as stock Django's close of the
     # connection would.  (Cursors made with no checkout are the pool's own
-    # round trips, or a stale handle's: see WatchedCursor.)
+    # round trips, or a stale handle's: see WatchedCursor.)  The PostgreSQL
+    # connections have their own copy (_PostgresPooledConnection.cursor).
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         lease = self._djpool_lease
         if lease is None:
             return super().cursor(*args, **kwargs)  # type: ignore[misc]
-        lease.check_caller()
+        if lease.state is IN_USE:
+            # Lease.check_caller, its common case (the holder's own thread)
+            # inline: it runs for every query.
+            try:
+                holder = lease.owner() is _owners.token  # type: ignore[misc]
+            except (AttributeError, TypeError):  # no token here; no owner
+                holder = False
+            if not holder:
+                lease.check_caller()
         cursor = super().cursor(*args, **kwargs)  # type: ignore[misc]
         if lease.state is IN_USE:
             lease.track_cursor(cursor)
-            if self._djpool_guard_cursors:
-                try:
-                    cursor._djpool_guard = (lease, lease.serial, _thread.get_ident())
-                except AttributeError:  # a cursor class without __dict__
-                    pass
-        elif self._djpool_guard_cursors:
-            try:
-                cursor._djpool_guard = (lease, _NO_CHECKOUT, None)
-            except AttributeError:
-                pass
         return cursor
-
-    #: The driver's cursors check the checkout and thread they were made in
-    #: (``WatchedCursor``): set by the PostgreSQL connections.
-    _djpool_guard_cursors = False
 
     def commit(self) -> None:
         lease = self._djpool_lease
@@ -144,7 +142,44 @@ class _PostgresPooledConnection(PooledConnection):
     checkout and thread it was made in (``WatchedCursor._djpool_guard``),
     checked by every call of the cursor that reaches the session."""
 
-    _djpool_guard_cursors = True
+    # PooledConnection.cursor, plus the guard.  Its own copy, not a call of
+    # it (the driver's cursor() is called past it): it runs for every query
+    # (Django makes a cursor for each statement).
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        lease = self._djpool_lease
+        if lease is None:
+            return super(PooledConnection, self).cursor(*args, **kwargs)  # type: ignore[misc]
+        if lease.state is IN_USE:
+            # Lease.check_caller, its common case (the holder's own thread)
+            # inline: it runs for every query.
+            try:
+                holder = lease.owner() is _owners.token  # type: ignore[misc]
+            except (AttributeError, TypeError):  # no token here; no owner
+                holder = False
+            if not holder:
+                lease.check_caller()
+        if args or kwargs:
+            args, kwargs = self._djpool_cursor_arguments(args, kwargs)
+            cursor = super(PooledConnection, self).cursor(*args, **kwargs)  # type: ignore[misc]
+        else:  # (Django's client cursors)
+            cursor = super(PooledConnection, self).cursor()  # type: ignore[misc]
+        guard: tuple[Any, int, int | None]
+        if lease.state is IN_USE:
+            lease.track_cursor(cursor)
+            guard = (lease, lease.serial, _thread.get_ident())
+        else:
+            guard = (lease, _NO_CHECKOUT, None)
+        try:
+            cursor._djpool_guard = guard
+        except AttributeError:  # a cursor class without __dict__
+            pass
+        return cursor
+
+    def _djpool_cursor_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments of a ``cursor()`` call as the driver gets them."""
+        return args, kwargs
 
 
 class PooledPsycopgConnection(_PostgresPooledConnection):
@@ -169,9 +204,13 @@ class PooledPsycopgConnection(_PostgresPooledConnection):
     def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         lease = self._djpool_lease
         if lease is not None and lease.state is IN_USE:
-            owner = lease.owner
-            if owner is None or owner() is not _current_owner():
-                lease.check_caller()  # (the holder's own calls: no call here)
+            # (Lease.check_caller inline, as in PooledConnection.cursor.)
+            try:
+                holder = lease.owner() is _owners.token  # type: ignore[misc]
+            except (AttributeError, TypeError):
+                holder = False
+            if not holder:
+                lease.check_caller()
         return super().wait(gen, *args, **kwargs)  # type: ignore[misc]
 
     _djpool_guarded_properties = (
@@ -212,15 +251,17 @@ class PooledPsycopg2Connection(_PostgresPooledConnection):
         "lobject",
     )  # fmt: skip
 
-    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+    def _djpool_cursor_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         # A cursor class given for this call (``cursor_factory=RealDictCursor``)
         # is watched as the connection's own is.
         factory = kwargs.get("cursor_factory")
         if factory is not None:
-            kwargs["cursor_factory"] = _watched_psycopg2(factory)
+            kwargs = {**kwargs, "cursor_factory": _watched_psycopg2(factory)}
         elif len(args) > 1 and args[1] is not None:
             args = (args[0], _watched_psycopg2(args[1]), *args[2:])
-        return super().cursor(*args, **kwargs)
+        return args, kwargs
 
 
 class _GuardedField:
@@ -374,16 +415,20 @@ class WatchedCursor:
     #: the thread that made it (``_PostgresPooledConnection.cursor``).
     _djpool_guard: tuple[Any, int, Any] = (_NO_LEASE, _NO_CHECKOUT, None)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if getattr(self, "name", None):
-            _note_named_cursor(self.connection)
+    # (No __init__: psycopg 3's client cursors are never named, and the
+    # driver's own runs without a Python frame of ours.  The named ones note
+    # themselves: WatchedPsycopg2Cursor, WatchedServerCursor.)
 
     def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         lease, serial, thread = self._djpool_guard
         if serial != lease.serial or thread != _thread.get_ident():
             _check_cursor(self)
-        labels = _classify_pg(query, self)
+        # classify()'s remembered answer first (the ORM repeats its SQL text:
+        # one look-up, no call); _classify_pg reads and remembers the rest.
+        try:
+            labels = _memo[("postgresql", query)]
+        except (KeyError, TypeError):  # new, or unhashable
+            labels = _classify_pg(query, self)
         if labels and labels != _TRANSACTION:
             _note_statement(self.connection, labels)
         return super().execute(query, *args, **kwargs)  # type: ignore[misc]
@@ -433,11 +478,8 @@ def _check_cursor(cursor: Any) -> None:
 
 
 class WatchedPsycopgCursor(WatchedCursor):
-    """psycopg 3's client cursors: also ``stream()`` and ``copy()``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Never named: psycopg 3's named cursors are WatchedServerCursor.
-        super(WatchedCursor, self).__init__(*args, **kwargs)
+    """psycopg 3's client cursors (never named: psycopg 3's named cursors
+    are WatchedServerCursor): also ``stream()`` and ``copy()``."""
 
     def stream(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         self._djpool_note(query)
@@ -454,7 +496,7 @@ class WatchedPsycopg2Cursor(WatchedCursor):
     :class:`_NamedPsycopg2Cursor` (its fetches talk to the server)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super(WatchedCursor, self).__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)
         if getattr(self, "name", None) is not None:
             _note_named_cursor(self.connection)
             klass: Any = type(self)
@@ -680,12 +722,31 @@ class PooledMySQLConnection(PooledConnection):
     _djpool_diagnostics_cleared = 0
 
     def query(self, query: bytes | str) -> Any:
-        self._djpool_watch(query)
+        # _djpool_watch inline (every statement of every cursor passes here):
+        # the check (Lease.check_caller, its common case inline as in
+        # PooledConnection.cursor), then classify()'s remembered answer or
+        # classify().
+        lease = self._djpool_lease
+        if lease is not None and lease.state is IN_USE:
+            try:
+                holder = lease.owner() is _owners.token  # type: ignore[misc]
+            except (AttributeError, TypeError):
+                holder = False
+            if not holder:
+                lease.check_caller()
+        try:
+            labels = _memo[("mysql", query)]
+        except (KeyError, TypeError):  # new, or unhashable
+            labels = classify("mysql", query)
+        if labels:
+            self._note_statement(labels)
         try:
             # The previous statement's warnings (its reply is read in full by
             # now; the checkin reads the last one's): client-side, no round
             # trip.  A statement without warnings does not clear the area.
-            self._djpool_note_warnings()
+            # (_djpool_note_warnings inline.)
+            if self.warning_count():  # type: ignore[attr-defined]
+                self._djpool_diagnostics = True
             return super().query(query)  # type: ignore[misc]
         except BaseException:
             self._djpool_diagnostics = True  # an error is in the area too
@@ -1119,8 +1180,10 @@ class PsycopgDriver(PostgresDriver):
     def busy(self, conn: Any) -> bool:
         # psycopg 3 holds the connection's (non-reentrant) lock during every
         # call; a server-side cursor's close() takes it.
-        lock = getattr(conn, "lock", None)
-        return lock is not None and lock.locked()
+        try:
+            return conn.lock.locked()  # type: ignore[no-any-return]
+        except AttributeError:  # (no lock: not a psycopg 3 connection)
+            return False
 
     def connect(self, kwargs: dict[str, Any]) -> Any:
         connection_class: Any = pooled_class(
@@ -1156,11 +1219,16 @@ class PsycopgDriver(PostgresDriver):
     def is_broken(self, conn: Any) -> bool:
         return bool(conn.closed or conn.broken)
 
+    def __init__(self, module: ModuleType) -> None:
+        super().__init__(module)
+        self._idle = module.pq.TransactionStatus.IDLE
+
     def in_transaction(self, conn: Any) -> bool:
         # pgconn's field is what conn.info reports, without building an
-        # enum member on every call (0.02 µs instead of 0.6 µs).
-        idle = self.module.pq.TransactionStatus.IDLE
-        return bool(conn.pgconn.transaction_status != idle)
+        # enum member on every call (0.02 µs instead of 0.6 µs); IDLE is
+        # looked up once (in_transaction runs at every transaction-mode
+        # release).
+        return conn.pgconn.transaction_status != self._idle  # type: ignore[no-any-return]
 
 
 class Psycopg2Driver(PostgresDriver):

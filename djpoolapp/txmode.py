@@ -95,6 +95,8 @@ from .sql import (
     READS_ID,
     READS_PREVIOUS,
     SETS_ID,
+    _memo,
+    _value_memo,
     classify,
     session_value_use,
 )
@@ -134,6 +136,15 @@ def _user_frame(frame: Any) -> Any:
     return frame
 
 
+#: Code objects of Django's and djpoolapp's own functions (not
+#: ``ConnectionProxy``'s) seen reading the driver connection: those reads
+#: never pin, and Django reads it several times per statement, so the
+#: answer of :func:`_user_frame` for them is remembered (one set look-up
+#: instead of reading the caller's file name).  Bounded by the number of
+#: such functions.
+_internal_readers: set[Any] = set()
+
+
 def _module_of(frame: Any) -> str:
     return str(frame.f_globals.get("__name__", "?"))
 
@@ -149,14 +160,18 @@ def release_if_idle(db: Any) -> bool:
     thread, must not check in a connection its owner may be using."""
     if db._djpool_pin is not None or db._djpool_connecting:
         return False
-    if other_thread(db):
+    # (other_thread() inline: this runs after every statement group.)
+    if db._thread_ident != _thread.get_ident() and not db.allow_thread_sharing:
         return False
     conn = db.__dict__.get("connection")
     if conn is None:
         return False
     lease = getattr(conn, "_djpool_lease", None)
-    if lease is None or lease.fresh or lease.in_setup or not lease.held_by(db):
+    if lease is None or lease.fresh or lease.in_setup:
         return False  # (fresh: Django's connect() has not set it up yet)
+    holder = lease.holder  # (Lease.held_by inline)
+    if holder is None or holder() is not db:
+        return False
     if (
         db.in_atomic_block
         or not db.autocommit
@@ -221,8 +236,9 @@ def _pin_reason(lease: Any, conn: Any) -> str | None:
     (as any open cursor does); once closed nothing of it is left on the
     session, and one dropped unclosed is closed by the checkin's session
     reset (``Lease.named_cursors``)."""
-    changed = lease.changed - _TRANSACTION
-    if changed:
+    changed = lease.changed
+    if changed and not changed <= _TRANSACTION:  # (no new set when empty)
+        changed = changed - _TRANSACTION
         return "session state changed: " + ", ".join(sorted(changed))
     if getattr(conn, "_djpool_discard", False):
         return "USE / LOCK TABLES"
@@ -280,15 +296,21 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
     if lease is None or lease.in_setup or db._djpool_connecting:
         return
     text: Any = None
+    vendor = db.vendor
     if what != "statement":
         labels = frozenset({what})
     elif isinstance(sql, (str, bytes)):
         text = sql
-        labels = classify(db.vendor, sql)
+        # classify()'s remembered answer first (the ORM repeats its SQL text:
+        # a look-up, no call); classify() reads and remembers the rest.
+        try:
+            labels = _memo[(vendor, sql)]
+        except KeyError:
+            labels = classify(vendor, sql)
     else:  # psycopg's composed queries (sql.SQL(...).format(...))
         try:
             text = sql.as_string(conn)
-            labels = classify(db.vendor, text)
+            labels = classify(vendor, text)
         except Exception:
             labels = frozenset({"unknown"})
     if labels and labels != _TRANSACTION:
@@ -299,9 +321,12 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
             pin(db, f"{', '.join(sorted(labels))}: {str(sql)[:200]!r}")
     if text is None:
         return
-    use = session_value_use(db.vendor, text)
+    try:  # (remembered, as classify()'s answers are)
+        use = _value_memo[(vendor, text)]
+    except KeyError:
+        use = session_value_use(vendor, text)
     epoch = lease.epoch
-    cleared = getattr(conn, "_djpool_diagnostics_cleared", 0)  # (MySQL)
+    cleared = conn._djpool_diagnostics_cleared  # (MySQL's; 0 for others)
     if use:
         if use & PINS_VALUE and db._djpool_pin is None:
             # nextval() / LAST_INSERT_ID(x) / SQL_CALC_FOUND_ROWS are there
@@ -340,11 +365,22 @@ class ConnectionAttribute:
     def __get__(self, db: Any, owner: type | None = None) -> Any:
         if db is None:
             return self
+        try:
+            # Django's own reads first (several per statement): they never
+            # pin, whatever the mode.
+            frame = _getframe(1)
+            code = frame.f_code
+            if code in _internal_readers:
+                return db.__dict__.get("connection")
+        except Exception:  # interpreter exit: this module's globals are gone
+            return db.__dict__.get("connection")
         conn = db.__dict__.get("connection")
         if not db._djpool_txmode or db._djpool_pin is not None:
             return conn
         try:
-            caller = _user_frame(_getframe(1))
+            caller = _user_frame(frame)
+            if caller is None and code.co_filename != _PROXY_FILE:
+                _internal_readers.add(code)
         except Exception:  # interpreter exit: this module's globals are gone
             return conn
         if caller is None:
