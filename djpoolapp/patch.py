@@ -54,6 +54,7 @@ from, so PostGIS, GIS MySQL and a project's own subclass are covered):
 
 from __future__ import annotations
 
+import _thread
 import functools
 import logging
 import sys
@@ -69,11 +70,11 @@ from django.db.backends.signals import connection_created
 from django.db.backends.utils import CursorWrapper
 
 from .drivers import DRIVERS, closing
-from .lease import PARKED, cursor_checkout
+from .lease import IN_USE, PARKED
 from .lease import UNSET as _UNSET
 from .pool import registry
 from .signals import connection_checked_out
-from .txmode import other_thread, release_if_idle
+from .txmode import release_if_idle
 
 logger = logging.getLogger("djpoolapp")
 
@@ -608,19 +609,23 @@ def _cursor_close(original: Callable[..., Any] | None) -> Callable[..., Any]:
 
     def close(self: Any) -> Any:
         cursor = self.cursor
-        checkout = cursor_checkout(cursor)
+        checkout = getattr(cursor, "_djpool_checkout", None)  # (cursor_checkout)
         if checkout is None:
             return plain_close(self)  # not a pooled connection's cursor
         lease, serial = checkout
-        if not lease.is_current(serial):
-            # Its checkout ended (the checkin closed it, unless the garbage
-            # collector had hidden it then: it clears weak references before
-            # it runs finalisers): the session may be another request's, and
-            # stock Django's closed connection would send nothing.
+        if lease.serial != serial or lease.state is not IN_USE:
+            # Its checkout ended (Lease.is_current; the checkin closed it,
+            # unless the garbage collector had hidden it then: it clears weak
+            # references before it runs finalisers): the session may be
+            # another request's, and stock Django's closed connection would
+            # send nothing.
             lease.driver.forget_cursor(cursor)
             return None
         db = self.db
-        if other_thread(db) or lease.driver.busy(lease.conn):
+        if (
+            db._thread_ident != _thread.get_ident()  # (txmode.other_thread)
+            and not db.allow_thread_sharing
+        ) or lease.driver.busy(lease.conn):
             # A thread that does not hold the connection closes it (the
             # garbage collector, or an event loop's async-generator hook,
             # finalising an abandoned iterator()/aiterator(): a client went
@@ -629,7 +634,9 @@ def _cursor_close(original: Callable[..., Any] | None) -> Callable[..., Any]:
             lease.orphan(cursor)
             return None
         try:
-            return plain_close(self)
+            if original is None:
+                return cursor.close()
+            return original(self)
         finally:
             if (
                 lease.orphans
