@@ -87,22 +87,35 @@ class PooledConnection:
     # ``connection.connection`` alike -- is the lease's (Lease.track_cursor):
     # the checkin closes it if still open, as stock Django's close of the
     # connection would.  (Cursors made with no checkout are the pool's own
-    # round trips, or a stale handle's: see WatchedCursor.)  The PostgreSQL
-    # connections have their own copy (_PostgresPooledConnection.cursor).
+    # round trips, or a stale handle's: see WatchedCursor.)
+    #
+    # It runs for every query (Django makes a cursor for each statement):
+    # Django's case -- no arguments, during a checkout -- is inline, with
+    # Lease.check_caller's common case (the holder's own thread); the rest
+    # is _djpool_cursor().
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         lease = self._djpool_lease
+        if lease is None or args or kwargs or lease.state is not IN_USE:
+            return self._djpool_cursor(lease, args, kwargs)
+        try:
+            holder = lease.owner() is _owners.token  # type: ignore[misc]
+        except (AttributeError, TypeError):  # no token here; no owner
+            holder = False
+        if not holder:
+            lease.check_caller()
+        cursor = super().cursor()  # type: ignore[misc]
+        lease.track_cursor(cursor)
+        return cursor
+
+    def _djpool_cursor(
+        self, lease: Lease | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """:meth:`cursor`, every case."""
+        cursor_method = super().cursor  # type: ignore[misc]
         if lease is None:
-            return super().cursor(*args, **kwargs)  # type: ignore[misc]
-        if lease.state is IN_USE:
-            # Lease.check_caller, its common case (the holder's own thread)
-            # inline: it runs for every query.
-            try:
-                holder = lease.owner() is _owners.token  # type: ignore[misc]
-            except (AttributeError, TypeError):  # no token here; no owner
-                holder = False
-            if not holder:
-                lease.check_caller()
-        cursor = super().cursor(*args, **kwargs)  # type: ignore[misc]
+            return cursor_method(*args, **kwargs)
+        lease.check_caller()
+        cursor = cursor_method(*args, **kwargs)
         if lease.state is IN_USE:
             lease.track_cursor(cursor)
         return cursor
@@ -142,27 +155,35 @@ class _PostgresPooledConnection(PooledConnection):
     checkout and thread it was made in (``WatchedCursor._djpool_guard``),
     checked by every call of the cursor that reaches the session."""
 
-    # PooledConnection.cursor, plus the guard.  Its own copy, not a call of
-    # it (the driver's cursor() is called past it): it runs for every query
-    # (Django makes a cursor for each statement).
+    # PooledConnection.cursor, plus the guard (the same shape: Django's case
+    # inline, every case in _djpool_cursor()).
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         lease = self._djpool_lease
+        if lease is None or args or kwargs or lease.state is not IN_USE:
+            return self._djpool_cursor(lease, args, kwargs)
+        try:
+            holder = lease.owner() is _owners.token  # type: ignore[misc]
+        except (AttributeError, TypeError):  # no token here; no owner
+            holder = False
+        if not holder:
+            lease.check_caller()
+        cursor = super(PooledConnection, self).cursor()  # type: ignore[misc]
+        lease.track_cursor(cursor)
+        try:
+            cursor._djpool_guard = (lease, lease.serial, _thread.get_ident())
+        except AttributeError:  # a cursor class without __dict__
+            pass
+        return cursor
+
+    def _djpool_cursor(
+        self, lease: Lease | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        cursor_method = super(PooledConnection, self).cursor  # type: ignore[misc]
         if lease is None:
-            return super(PooledConnection, self).cursor(*args, **kwargs)  # type: ignore[misc]
-        if lease.state is IN_USE:
-            # Lease.check_caller, its common case (the holder's own thread)
-            # inline: it runs for every query.
-            try:
-                holder = lease.owner() is _owners.token  # type: ignore[misc]
-            except (AttributeError, TypeError):  # no token here; no owner
-                holder = False
-            if not holder:
-                lease.check_caller()
-        if args or kwargs:
-            args, kwargs = self._djpool_cursor_arguments(args, kwargs)
-            cursor = super(PooledConnection, self).cursor(*args, **kwargs)  # type: ignore[misc]
-        else:  # (Django's client cursors)
-            cursor = super(PooledConnection, self).cursor()  # type: ignore[misc]
+            return cursor_method(*args, **kwargs)
+        args, kwargs = self._djpool_cursor_arguments(args, kwargs)
+        lease.check_caller()
+        cursor = cursor_method(*args, **kwargs)
         guard: tuple[Any, int, int | None]
         if lease.state is IN_USE:
             lease.track_cursor(cursor)

@@ -368,8 +368,7 @@ class ConnectionAttribute:
         try:
             # Django's own reads first (several per statement): they never
             # pin, whatever the mode.
-            frame = _getframe(1)
-            code = frame.f_code
+            code = _getframe(1).f_code
             if code in _internal_readers:
                 return db.__dict__.get("connection")
         except Exception:  # interpreter exit: this module's globals are gone
@@ -378,7 +377,7 @@ class ConnectionAttribute:
         if not db._djpool_txmode or db._djpool_pin is not None:
             return conn
         try:
-            caller = _user_frame(frame)
+            caller = _user_frame(_getframe(1))
             if caller is None and code.co_filename != _PROXY_FILE:
                 _internal_readers.add(code)
         except Exception:  # interpreter exit: this module's globals are gone
