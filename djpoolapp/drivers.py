@@ -178,12 +178,12 @@ class _PostgresPooledConnection(PooledConnection):
     def _djpool_cursor(
         self, lease: Lease | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        args, kwargs = self._djpool_cursor_arguments(args, kwargs)
         cursor_method = super(PooledConnection, self).cursor  # type: ignore[misc]
         if lease is None:
-            return cursor_method(*args, **kwargs)
-        args, kwargs = self._djpool_cursor_arguments(args, kwargs)
+            return self._djpool_made(cursor_method(*args, **kwargs))
         lease.check_caller()
-        cursor = cursor_method(*args, **kwargs)
+        cursor = self._djpool_made(cursor_method(*args, **kwargs))
         guard: tuple[Any, int, int | None]
         if lease.state is IN_USE:
             lease.track_cursor(cursor)
@@ -201,6 +201,11 @@ class _PostgresPooledConnection(PooledConnection):
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The arguments of a ``cursor()`` call as the driver gets them."""
         return args, kwargs
+
+    def _djpool_made(self, cursor: Any) -> Any:
+        """*cursor*, just made by ``cursor()`` with arguments (a named one
+        always has some)."""
+        return cursor
 
 
 class PooledPsycopgConnection(_PostgresPooledConnection):
@@ -271,6 +276,17 @@ class PooledPsycopg2Connection(_PostgresPooledConnection):
         "tpc_begin", "tpc_prepare", "tpc_commit", "tpc_rollback", "tpc_recover",
         "lobject",
     )  # fmt: skip
+
+    def _djpool_made(self, cursor: Any) -> Any:
+        # A named cursor marks the lease (its session is reset at checkin)
+        # and becomes a _NamedPsycopg2Cursor, whose fetches are checked.
+        # Done here rather than in the cursor's __init__, which would run
+        # for every cursor: a named one is only made by cursor(name, ...).
+        if isinstance(cursor, WatchedPsycopg2Cursor) and cursor.name is not None:
+            _note_named_cursor(self)
+            klass: Any = type(cursor)
+            cursor.__class__ = _named_psycopg2(klass)
+        return cursor
 
     def _djpool_cursor_arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -514,14 +530,11 @@ class WatchedPsycopgCursor(WatchedCursor):
 class WatchedPsycopg2Cursor(WatchedCursor):
     """psycopg2's cursors: also ``copy_expert()``, ``copy_from()``,
     ``copy_to()`` and ``callproc()``; a named cursor becomes a
-    :class:`_NamedPsycopg2Cursor` (its fetches talk to the server)."""
+    :class:`_NamedPsycopg2Cursor` (its fetches talk to the server) as the
+    connection's ``cursor()`` makes it (``PooledPsycopg2Connection``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if getattr(self, "name", None) is not None:
-            _note_named_cursor(self.connection)
-            klass: Any = type(self)
-            self.__class__ = _named_psycopg2(klass)
+    #: The driver cursor's own attribute (annotation only: no class value).
+    name: str | None
 
     def copy_expert(self, sql: Any, *args: Any, **kwargs: Any) -> Any:
         self._djpool_note(sql)
