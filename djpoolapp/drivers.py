@@ -757,14 +757,17 @@ class PooledMySQLConnection(PooledConnection):
 
     def query(self, query: bytes | str) -> Any:
         # _djpool_watch inline (every statement of every cursor passes here):
-        # the check (Lease.check_caller, its common case inline as in
-        # PooledConnection.cursor), then classify()'s remembered answer or
-        # classify().
+        # the check, then classify()'s remembered answer or classify().  Only
+        # the case Lease.check_caller always passes -- the holder's own
+        # thread during its checkout -- is decided here; any other calls it.
         lease = self._djpool_lease
-        if lease is not None and lease.state is IN_USE:
-            try:
-                holder = lease.owner() is _owners.token  # type: ignore[misc]
-            except (AttributeError, TypeError):
+        if lease is not None:
+            if lease.state is IN_USE:
+                try:
+                    holder = lease.owner() is _owners.token  # type: ignore[misc]
+                except (AttributeError, TypeError):
+                    holder = False
+            else:
                 holder = False
             if not holder:
                 lease.check_caller()
