@@ -229,11 +229,17 @@ class PooledPsycopgConnection(_PostgresPooledConnection):
 
     def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         lease = self._djpool_lease
-        if lease is not None and lease.state is IN_USE:
-            # (Lease.check_caller inline, as in PooledConnection.cursor.)
-            try:
-                holder = lease.owner() is _owners.token  # type: ignore[misc]
-            except (AttributeError, TypeError):
+        if lease is not None:
+            # Only the case Lease.check_caller always passes (the holder's
+            # own thread during its checkout) is decided inline, as in
+            # PooledConnection.cursor; any other calls it (parked or idle:
+            # the pool's own round trips pass, a stale handle's are refused).
+            if lease.state is IN_USE:
+                try:
+                    holder = lease.owner() is _owners.token  # type: ignore[misc]
+                except (AttributeError, TypeError):
+                    holder = False
+            else:
                 holder = False
             if not holder:
                 lease.check_caller()

@@ -115,6 +115,17 @@ class _Owner:
 
 _owners = threading.local()
 _monotonic = time.monotonic
+
+
+class _Servicing(threading.local):
+    """Per thread: the lease whose pool work (checkin, checkout checks) runs
+    now.  The pool's own round trips on a connection no checkout holds pass
+    :meth:`Lease.check_caller`; anybody else's are refused."""
+
+    lease: Lease | None = None
+
+
+_servicing = _Servicing()
 _RESET = object()
 #: Lease.snapshot before Django first set the connection up.
 UNSET: Any = object()
@@ -228,6 +239,14 @@ class Lease:
         connections): recycle old ones, end a transaction known open, ping
         after idle or when the server spoke.  Raises ``DisconnectionError``
         to have SQLAlchemy replace the connection."""
+        previous = _servicing.lease
+        _servicing.lease = self
+        try:
+            self._check_for_checkout(now)
+        finally:
+            _servicing.lease = previous
+
+    def _check_for_checkout(self, now: float) -> None:
         pool, conn, driver = self.pool, self.conn, self.driver
         if pool._recycle > 0 and now - self.created_at > pool._recycle:
             raise Recycle(f"older than recycle={pool.options['recycle']} s")
@@ -340,17 +359,31 @@ class Lease:
             self.discard = reason
 
     def check_caller(self) -> None:
-        """Raise the driver's ``InterfaceError`` when a thread other than the
-        one holding this checkout uses the raw connection (a stale
-        ``connection.connection`` kept past its request, used while another
-        request holds the session): stock Django's handle would be closed by
-        then.  Django's own thread-sharing (``allow_thread_sharing``) is
-        honoured.  Called by the pooled connection's ``cursor()``,
-        ``commit()``, ``rollback()`` (and mysqlclient's ``query()``)."""
+        """Raise the driver's ``InterfaceError`` when the raw connection is
+        used by anybody but its holder: by a thread other than the one
+        holding this checkout (a stale ``connection.connection`` kept past
+        its request, used while another request holds the session), or by
+        anybody while no checkout holds it (idle in the pool, or parked: a
+        raw handle kept past the end of its request, which would otherwise
+        write and commit outside any request).  Stock Django's handle would
+        be closed by then.  The pool's own round trips (checkin, checkout
+        checks: :class:`_Servicing`) pass, as does Django's own
+        thread-sharing (``allow_thread_sharing``).  Called by every
+        state-changing entry point of the pooled connection (``cursor()``,
+        ``commit()``, ``rollback()``, setters, psycopg 3's ``wait()``,
+        mysqlclient's ``query()``: ``drivers.py``)."""
         owner = self.owner
-        if self.state is not IN_USE or owner is None:
-            return
-        if owner() is _current_owner():
+        state = self.state
+        if state is not IN_USE:
+            if state is CLOSED or _servicing.lease is self:
+                return  # (closed: the driver's own error follows)
+            raise self.driver.module.InterfaceError(
+                "djpoolapp: this connection went back to the pool when the "
+                "request that used it ended; a raw handle kept from that "
+                "request (connection.connection) cannot use it (without the "
+                "app it would be closed)"
+            )
+        if owner is None or owner() is _current_owner():
             return
         holder = self.holder() if self.holder is not None else None
         if holder is not None and getattr(holder, "allow_thread_sharing", False):
@@ -379,100 +412,108 @@ class Lease:
         self._return(None, park)
 
     def _return(self, why_recovered: str | None, park: bool = False) -> None:
-        conn, pool, driver = self.conn, self.pool, self.driver
-        fairy = self.fairy
-        if not park:
-            self.fairy = self.holder = self.owner = None
-        self.state = IDLE  # (no caller check during the pool's round trips)
-        self.serial += 1  # this checkout's cursors are stale from here on
-        self.orphans = None  # (closed by the CLOSE ALL below: named_cursors)
-        self.returned_at = _monotonic()
-        reason: BaseException | str | None = None
-        cursors = self.cursors
-        if cursors is not None:
-            self.cursors = None
-            left_open = [
-                cursor
-                for reference in cursors
-                if (cursor := reference()) is not None and driver.left_open(cursor)
-            ]
-            if left_open:
-                try:  # closing a server-side cursor is a round trip
-                    with bounded(conn, "close of the cursors left open"):
-                        reason = _close_cursors(left_open, driver)
-                except RoundTripTimeout as error:
-                    reason = error
-        if reason is None:
-            # Unread results (MySQL): dropped, or why the session cannot be
-            # handed to the next request.
-            reason = driver.checkin_problem(conn)
-        if reason is None and (self.discard or conn._djpool_discard):
-            reason = self.discard or "Django saw an error on it"
-        elif reason is None and pool.retired:
-            reason = Retired("its pool was disposed or its settings changed")
-        elif reason is None and driver.is_broken(conn):
-            reason = "closed by the driver"
-        elif reason is None:
-            try:
-                # Whatever reset_on_return says: an idle connection never
-                # holds a transaction (nor its locks).
-                if driver.in_transaction(conn) is not False:
-                    driver.end_transaction(conn)
-                mode = pool.reset_session
-                if (
-                    mode == "auto"
-                    and not self.changed
-                    and not self.named_cursors
-                    and not driver.session_changed(conn)
-                    and (
-                        self.snapshot is UNSET or driver.snapshot(conn) == self.snapshot
-                    )
-                ):
-                    reset = None  # (_reset_needed's common case, inline)
-                else:
-                    reset = self._reset_needed(mode)
-                if reset is not None or pool.reset_session != "auto":
-                    # Reset (Django's set-up is undone), or kept as the
-                    # request left it (reset_session=False): only Django's
-                    # own connect() may hand it to another Django connection.
-                    self.set_up_for = None
-                if reset is _RESET:
-                    park = False  # Django's set-up is undone: it must run again
-                    self.epoch += 1  # the session's values are gone too
-                    with bounded(conn, "session reset"):
-                        if not driver.reset_session(conn, self.snapshot):
-                            reason = "its session cannot be reset in place"
-                elif reset is _CURSORS:
-                    with bounded(conn, "close of the server-side cursors"):
-                        driver.close_server_cursors(conn)
-                self.clean = True
-            except Exception as error:
-                reason = error
-        if self.changed:
-            self.changed.clear()
-        self.named_cursors = False
-        self.discard = None
-        if conn._djpool_discard:
-            conn._djpool_discard = False
-        if park and not (
-            # Parked only in the autocommit Django left it in (the fast path
-            # skips Django's set_autocommit()).
-            reason is None
-            and driver.autocommit(conn) is True
-            and pool.parking
-            and not pool.retired
-            and pool.queue.park(self)
-        ):
-            park = False
-            self.fairy = self.holder = self.owner = None
-        # (Once parked, another thread may steal it at once: hands off.)
-        if reason is None:
+        # The pool's own round trips below pass Lease.check_caller (the
+        # connection is no checkout's from here on).
+        previous = _servicing.lease
+        _servicing.lease = self
+        try:
+            conn, pool, driver = self.conn, self.pool, self.driver
+            fairy = self.fairy
             if not park:
-                fairy.close()
-        else:
-            if isinstance(reason, str):
-                reason = sa_exc.DisconnectionError(reason)
-            fairy.invalidate(e=reason)
+                self.fairy = self.holder = self.owner = None
+            self.state = IDLE
+            self.serial += 1  # this checkout's cursors are stale from here on
+            self.orphans = None  # (closed by the CLOSE ALL below: named_cursors)
+            self.returned_at = _monotonic()
+            reason: BaseException | str | None = None
+            cursors = self.cursors
+            if cursors is not None:
+                self.cursors = None
+                left_open = [
+                    cursor
+                    for reference in cursors
+                    if (cursor := reference()) is not None and driver.left_open(cursor)
+                ]
+                if left_open:
+                    try:  # closing a server-side cursor is a round trip
+                        with bounded(conn, "close of the cursors left open"):
+                            reason = _close_cursors(left_open, driver)
+                    except RoundTripTimeout as error:
+                        reason = error
+            if reason is None:
+                # Unread results (MySQL): dropped, or why the session cannot be
+                # handed to the next request.
+                reason = driver.checkin_problem(conn)
+            if reason is None and (self.discard or conn._djpool_discard):
+                reason = self.discard or "Django saw an error on it"
+            elif reason is None and pool.retired:
+                reason = Retired("its pool was disposed or its settings changed")
+            elif reason is None and driver.is_broken(conn):
+                reason = "closed by the driver"
+            elif reason is None:
+                try:
+                    # Whatever reset_on_return says: an idle connection never
+                    # holds a transaction (nor its locks).
+                    if driver.in_transaction(conn) is not False:
+                        driver.end_transaction(conn)
+                    mode = pool.reset_session
+                    if (
+                        mode == "auto"
+                        and not self.changed
+                        and not self.named_cursors
+                        and not driver.session_changed(conn)
+                        and (
+                            self.snapshot is UNSET
+                            or driver.snapshot(conn) == self.snapshot
+                        )
+                    ):
+                        reset = None  # (_reset_needed's common case, inline)
+                    else:
+                        reset = self._reset_needed(mode)
+                    if reset is not None or pool.reset_session != "auto":
+                        # Reset (Django's set-up is undone), or kept as the
+                        # request left it (reset_session=False): only Django's
+                        # own connect() may hand it to another Django connection.
+                        self.set_up_for = None
+                    if reset is _RESET:
+                        park = False  # Django's set-up is undone: it must run again
+                        self.epoch += 1  # the session's values are gone too
+                        with bounded(conn, "session reset"):
+                            if not driver.reset_session(conn, self.snapshot):
+                                reason = "its session cannot be reset in place"
+                    elif reset is _CURSORS:
+                        with bounded(conn, "close of the server-side cursors"):
+                            driver.close_server_cursors(conn)
+                    self.clean = True
+                except Exception as error:
+                    reason = error
+            if self.changed:
+                self.changed.clear()
+            self.named_cursors = False
+            self.discard = None
+            if conn._djpool_discard:
+                conn._djpool_discard = False
+            if park and not (
+                # Parked only in the autocommit Django left it in (the fast path
+                # skips Django's set_autocommit()).
+                reason is None
+                and driver.autocommit(conn) is True
+                and pool.parking
+                and not pool.retired
+                and pool.queue.park(self)
+            ):
+                park = False
+                self.fairy = self.holder = self.owner = None
+            # (Once parked, another thread may steal it at once: hands off.)
+            if reason is None:
+                if not park:
+                    fairy.close()
+            else:
+                if isinstance(reason, str):
+                    reason = sa_exc.DisconnectionError(reason)
+                fairy.invalidate(e=reason)
+        finally:
+            _servicing.lease = previous
         if why_recovered is not None:
             pool.stats.add("recovered")
             logger.warning(

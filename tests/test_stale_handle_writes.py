@@ -399,3 +399,102 @@ def test_recovery__of_an_abandoned_checkout_resets_from_another_thread(
     assert _state(connection.connection) == fresh
     assert connection.get_autocommit() is True
     connection.close()
+
+
+def _statement_writes(alias: str) -> dict[str, Write]:
+    """Ways a raw handle runs an autocommit ``INSERT`` of a row named
+    ``stale`` (the table of ``tests.testapp.models.Item``)."""
+    table = Item._meta.db_table
+    insert = (
+        f"INSERT INTO {table} (name, value, created) "
+        "VALUES ('stale', 1, CURRENT_TIMESTAMP)"
+    )
+    module = driver_module(alias).__name__
+
+    def through_cursor(raw: Any) -> None:
+        cursor = raw.cursor()
+        cursor.execute(insert)
+        if module != "MySQLdb" or raw.get_autocommit() is False:
+            raw.commit()
+
+    writes: dict[str, Write] = {
+        "cursor": through_cursor,
+        "commit": lambda r: r.commit(),
+    }
+    if module == "psycopg":
+        import psycopg
+
+        writes["execute"] = lambda raw: raw.execute(insert)
+        # A cursor built from its class: neither cursor() nor a factory sees
+        # it; psycopg 3's wait(), which every statement passes, does.
+        writes["cursor class"] = lambda raw: psycopg.ClientCursor(raw).execute(insert)
+    if module == "MySQLdb":
+        writes["query"] = lambda raw: raw.query(insert)
+    return writes
+
+
+def _idle_cases() -> list[Any]:
+    cases = []
+    for alias in ("default", "mysql"):
+        mark = pytest.mark.postgres if alias == "default" else pytest.mark.mysql
+        vendor = "postgres" if alias == "default" else "mysql"
+        names = ["cursor", "commit"]
+        if alias == "default" and _postgres_driver() == "psycopg":
+            names += ["execute", "cursor class"]
+        if alias == "mysql":
+            names += ["query"]
+        cases += [
+            pytest.param(alias, name, marks=mark, id=f"{vendor}-{name}")
+            for name in names
+        ]
+    return cases
+
+
+@pytest.mark.parametrize(("alias", "name"), _idle_cases())
+def test_stale_handle__statement_refused_while_no_request_holds_the_session(
+    alias, name, one_connection
+):
+    """Adversarial review (F1): a raw handle kept past the end of its request
+    ran an autocommit ``INSERT`` while the session was parked (or idle in the
+    pool), and it was committed: a write outside any request, where stock
+    Django's closed handle raises.  Every way to run a statement is refused
+    now (the driver's ``InterfaceError``), nothing reaches the table, and
+    the next request gets the session as fresh."""
+    module = driver_module(alias)
+    connection = connections[alias]
+    connection.ensure_connection()
+    raw = connection.connection
+    fresh = _state(raw)
+    connection.close()  # the request ends: parked, or idle in the pool
+    with pytest.raises(module.InterfaceError, match="went back to the pool"):
+        _statement_writes(alias)[name](raw)
+    assert Item.objects.using(alias).filter(name="stale").count() == 0
+    assert _state(connection.connection) == fresh
+    assert connection.get_autocommit() is True
+    connection.close()
+
+
+@pytest.mark.parametrize(("alias", "name"), _cases())
+def test_stale_handle__write_refused_while_no_request_holds_the_session(
+    alias, name, one_connection
+):
+    """The same for every other guarded entry point (setters and methods):
+    refused while the session is parked or idle, the next request's session
+    unchanged and nothing invalidated."""
+    write = _writes(alias)[name]
+    module = driver_module(alias)
+    connection = connections[alias]
+    connection.ensure_connection()
+    raw = connection.connection
+    if name in _NEVER_UNGUARDED:
+        assert name in vars(type(raw)), f"{name} is not guarded"
+    fresh = _state(raw)
+    invalidated = djpoolapp.pool_status(alias)[alias].invalidated
+    connection.close()
+    with pytest.raises(module.InterfaceError, match="went back to the pool"):
+        write(raw)
+    connection.ensure_connection()
+    assert connection.connection is raw  # nothing to replace: nothing changed
+    assert _state(raw) == fresh
+    connection.close()
+    assert djpoolapp.pool_status(alias)[alias].invalidated == invalidated
