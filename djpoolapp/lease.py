@@ -632,6 +632,15 @@ class Lease:
         except Exception:  # pragma: no cover - last resort
             logger.exception("Could not return a parked connection")
 
+    def release_parked_by(self, wrapper: Any) -> None:
+        """:meth:`release_parked`, if Django's *wrapper* is the one that
+        parked it: a wrapper's record of its parked lease outlives a steal,
+        and the lease may be parked by another wrapper since (that one
+        keeps it)."""
+        holder = self.holder
+        if holder is not None and holder() is wrapper:
+            self.release_parked()
+
     def close_parked(self, reason: BaseException) -> None:
         """Close a connection drained from the parked set (dispose)."""
         fairy = self.fairy

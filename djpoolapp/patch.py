@@ -403,7 +403,7 @@ def _wrap_connect(original: Callable[..., Any], klass: type) -> Callable[..., An
                     self._djpool_released = False
             if claimed:
                 return None
-            lease.release_parked()  # taken, closed, or settings changed
+            lease.release_parked_by(self)  # closed, or settings changed
         fast = None
         try:
             fast = (

@@ -273,7 +273,7 @@ class AliasPool(_Entry):
         own = wrapper.__dict__.get("_djpool_park")
         if own is not None:  # connect() called directly: its parked one goes back
             wrapper._djpool_park = None
-            own.release_parked()
+            own.release_parked_by(wrapper)
         while True:
             try:
                 fairy = self.pool.connect()
