@@ -1369,8 +1369,17 @@ class MySQLdbDriver(Driver):
         conn._djpool_txn_suspect = False
         return conn
 
+    def _driver_cursor(self, cursor: Any) -> Any:
+        """The mysqlclient cursor: *cursor*, or the one inside Django's MySQL
+        ``CursorWrapper``.  (Not ``getattr(cursor, "cursor", cursor)``: a
+        missing attribute of a mysqlclient cursor runs its ``__getattr__``,
+        which imports two modules and raises, at every checkin.)"""
+        if isinstance(cursor, self.module.cursors.BaseCursor):
+            return cursor
+        return getattr(cursor, "cursor", cursor)
+
     def left_open(self, cursor: Any) -> bool:
-        inner = getattr(cursor, "cursor", cursor)  # (Django's MySQL wrapper)
+        inner = self._driver_cursor(cursor)
         if getattr(inner, "connection", None) is None:
             return False  # closed: nothing to do
         if getattr(inner, "_result", None) is not None and isinstance(
@@ -1389,7 +1398,7 @@ class MySQLdbDriver(Driver):
         # mysqlclient's close() reads the connection's pending results
         # (another request's, by now): detached first, it reads nothing.
         # (Django's MySQL backend wraps the driver cursor in its own.)
-        inner = getattr(cursor, "cursor", cursor)
+        inner = self._driver_cursor(cursor)
         inner.connection = None
         inner._result = None
         cursor.close()

@@ -223,10 +223,12 @@ def other_thread(db: Any) -> bool:
 
 
 def _is_open(cursor: Any) -> bool:
-    closed = getattr(cursor, "closed", None)
-    if closed is None:  # MySQLdb: a closed cursor forgets its connection
+    # (A look-up on the class: a missing attribute of a mysqlclient cursor
+    # runs its __getattr__, which imports two modules and raises.)
+    if getattr(type(cursor), "closed", None) is None:
+        # MySQLdb: a closed cursor forgets its connection
         return getattr(cursor, "connection", None) is not None
-    return not closed
+    return not cursor.closed
 
 
 def _pin_reason(lease: Any, conn: Any) -> str | None:
