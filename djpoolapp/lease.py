@@ -71,10 +71,12 @@ Who calls what:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import exc as sa_exc
@@ -126,6 +128,21 @@ class _Servicing(threading.local):
 
 
 _servicing = _Servicing()
+
+
+@contextlib.contextmanager
+def servicing(lease: Lease) -> Iterator[None]:
+    """The pool's own work on *lease*'s connection while no checkout holds
+    it, in this thread: its round trips pass :meth:`Lease.check_caller`.
+    (The checkin and the checkout checks open this window themselves.)"""
+    previous = _servicing.lease
+    _servicing.lease = lease
+    try:
+        yield
+    finally:
+        _servicing.lease = previous
+
+
 _RESET = object()
 #: Lease.snapshot before Django first set the connection up.
 UNSET: Any = object()

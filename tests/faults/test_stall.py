@@ -273,6 +273,7 @@ def test_silent_socket__closing_a_server_side_cursor_at_checkin_gives_up():
 def test_round_trip_timeout__names_the_deadline(alias):
     """What the pool logs as the invalidation reason: which round trip, which
     deadline, and that the socket was shut down."""
+    from djpoolapp.lease import servicing
     from djpoolapp.pool import registry
 
     with stalled_alias(alias, pool_size=1, max_overflow=0) as proxy:
@@ -287,7 +288,8 @@ def test_round_trip_timeout__names_the_deadline(alias):
 
         def ping() -> BaseException | None:
             try:
-                pool.driver.ping(conn)
+                with servicing(conn._djpool_lease):  # the pool's own ping
+                    pool.driver.ping(conn)
             except Exception as error:
                 return error
             return None
