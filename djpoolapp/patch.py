@@ -493,11 +493,21 @@ def _wrap_connect(original: Callable[..., Any], klass: type) -> Callable[..., An
 def _wrap_close_if_health_check_failed(
     original: Callable[..., Any],
 ) -> Callable[..., Any]:
+    # Django's own (4.2 to 6.1: the base class's, and PostgreSQL's, which
+    # returns first for Django's own pool) does nothing when there is no
+    # connection, health checks are off or done: it is not called then, on
+    # every query.  A project's override always runs.
+    djangos_own = str(getattr(original, "__module__", "")).startswith(_DJANGO_BACKENDS)
+
     @functools.wraps(original)
     def close_if_health_check_failed(self: Any) -> Any:
         connection = self.connection
-        if connection is None or self.health_check_done:
-            return original(self)
+        if (
+            connection is None
+            or self.health_check_done
+            or not self.health_check_enabled
+        ):
+            return None if djangos_own else original(self)
         lease = getattr(connection, "_djpool_lease", None)
         if lease is None:
             return original(self)

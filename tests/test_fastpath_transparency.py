@@ -368,7 +368,8 @@ def test_parking__backend_overriding_close_runs_it_every_request():
     """A parking checkin runs instead of Django's ``_close()`` (which only
     closes the driver connection): a project backend that overrides
     ``_close()`` sees it called at every request end, as stock Django calls
-    it, and its connection goes back to the pool (not parked)."""
+    it, and its connection goes back to the pool (not parked).  Its
+    ``close_if_health_check_failed()`` runs for every cursor."""
     import warnings
 
     from django.db.utils import ConnectionHandler
@@ -387,14 +388,21 @@ def test_parking__backend_overriding_close_runs_it_every_request():
             connection = handler["default"]
             patch.install(type(connection))
             type(connection).closes = 0
+            type(connection).health_checks = 0
             for _ in range(3):  # three requests of one thread
                 connection.ensure_connection()
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT 1")
                 raw = connection.connection
                 connection.close_if_unusable_or_obsolete()  # request end
                 assert connection.connection is None
                 assert connection._djpool_park is None  # not parked
                 assert raw._djpool_lease.state == "idle"  # back in the pool
     assert type(connection).closes == 3
+    # Its close_if_health_check_failed() runs (at least) for every cursor, as
+    # without the app (only Django's own is skipped when it has nothing to
+    # do).
+    assert type(connection).health_checks >= 3
 
 
 @pytest.mark.parametrize("alias", ALIASES)
