@@ -185,6 +185,7 @@ class Lease:
         "orphans",
         "epoch",
         "last_holder",
+        "snapshot_checked",
         "__weakref__",
     )
 
@@ -246,6 +247,11 @@ class Lease:
         #: ``lastval()``).
         self.epoch = 0
         self.last_holder: weakref.ref[Any] | None = None
+        #: Set right before a checkin by a caller that has just compared the
+        #: driver's session attributes with :attr:`snapshot` and found them
+        #: equal (``txmode.release_if_idle``): that checkin skips reading
+        #: them again.  Cleared by every checkin.
+        self.snapshot_checked = False
 
     def __repr__(self) -> str:
         return f"<Lease {self.state} of {self.pool!r}>"
@@ -481,6 +487,7 @@ class Lease:
                         and not driver.session_changed(conn)
                         and (
                             self.snapshot is UNSET
+                            or self.snapshot_checked
                             or driver.snapshot(conn) == self.snapshot
                         )
                     ):
@@ -507,6 +514,7 @@ class Lease:
             if self.changed:
                 self.changed.clear()
             self.named_cursors = False
+            self.snapshot_checked = False
             self.discard = None
             if conn._djpool_discard:
                 conn._djpool_discard = False

@@ -196,6 +196,9 @@ def release_if_idle(db: Any) -> bool:
     db._djpool_released = True
     db.__dict__["connection"] = None
     want_park(db, lease)
+    # _pin_reason compared the driver's session attributes with the snapshot
+    # just now: the checkin need not read them again.
+    lease.snapshot_checked = True
     lease.checkin()
     note_parked(db, lease)
     return True
