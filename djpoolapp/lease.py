@@ -600,13 +600,8 @@ class Lease:
         if pool.retired:
             self._return(None)  # closed as "retired"
             return False
-        try:  # (checked_for_reuse, inline)
-            self.check_on_checkout(_monotonic())
-        except BaseException as error:
-            self._invalidate_checked(error)
-            if isinstance(error, sa_exc.DisconnectionError):
-                return False
-            raise
+        if not self.checked_for_reuse():
+            return False
         owner = self.owner
         token = _current_owner()
         if owner is None or owner() is not token:
@@ -623,16 +618,13 @@ class Lease:
         try:
             self.check_on_checkout(_monotonic())
         except BaseException as error:
-            self._invalidate_checked(error)
+            fairy = self.fairy
+            self.fairy = self.holder = self.owner = None
+            fairy.invalidate(e=error)
             if isinstance(error, sa_exc.DisconnectionError):
                 return False
             raise
         return True
-
-    def _invalidate_checked(self, error: BaseException) -> None:
-        fairy = self.fairy
-        self.fairy = self.holder = self.owner = None
-        fairy.invalidate(e=error)
 
     def stolen(self) -> None:
         """Under the queue's mutex: another checkout took this parked

@@ -297,13 +297,18 @@ def _parkable_now(klass: type) -> bool:
     return True
 
 
-def _take(wrapper: Any, lease: Any, monotonic: Callable[[], float]) -> None:
+def _take(
+    wrapper: Any, lease: Any, monotonic: Callable[[], float], own: bool = False
+) -> None:
     """Give Django's *wrapper* the driver connection of *lease*, already set
     up by Django for these settings, as Django's ``connect()`` would leave
     the wrapper: what ``connect()`` resets on it, in the autocommit mode the
     connection parked or was handed over in; Django's set-up itself
     (``get_new_connection()``, ``set_autocommit()``,
-    ``init_connection_state()``, ``connection_created``) is skipped."""
+    ``init_connection_state()``, ``connection_created``) is skipped.  *own*:
+    *wrapper* set that connection up itself (it takes back what it parked),
+    so what the set-up put on the wrapper (``CONNECT_ATTRIBUTES``) is there
+    already."""
     wrapper.in_atomic_block = False
     wrapper.savepoint_ids = []
     wrapper.atomic_blocks = []
@@ -316,9 +321,10 @@ def _take(wrapper: Any, lease: Any, monotonic: Callable[[], float]) -> None:
     wrapper.errors_occurred = False
     wrapper.health_check_done = True
     wrapper.autocommit = settings_dict["AUTOCOMMIT"]  # (True: a condition to park)
-    lease.fresh = False
-    for name, value in lease.set_up_attributes.items():
-        setattr(wrapper, name, value)
+    if not own:
+        lease.fresh = False
+        for name, value in lease.set_up_attributes.items():
+            setattr(wrapper, name, value)
     wrapper.connection = lease.conn
     wrapper.run_on_commit = []
 
@@ -439,22 +445,7 @@ def _wrap_connect(original: Callable[..., Any], klass: type) -> Callable[..., An
             and lease.claim(self)
         ):
             return False
-        # As Django's connect() leaves the wrapper (see _take; what its
-        # set-up put on the wrapper is still there: this wrapper did it).
-        self.in_atomic_block = False
-        self.savepoint_ids = []
-        self.atomic_blocks = []
-        self.needs_rollback = False
-        settings_dict = self.settings_dict
-        self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
-        max_age = settings_dict["CONN_MAX_AGE"]
-        self.close_at = None if max_age is None else monotonic() + max_age
-        self.closed_in_transaction = False
-        self.errors_occurred = False
-        self.health_check_done = True
-        self.autocommit = settings_dict["AUTOCOMMIT"]
-        self.connection = lease.conn
-        self.run_on_commit = []
+        _take(self, lease, monotonic, own=True)
         # A checkout for the statistics and metrics, as the one Django's
         # connect() would have made.
         pool.stats.add_checkout_time(perf_counter() - started)
