@@ -48,10 +48,12 @@ class PooledConnection:
     """Mixin for a driver connection class: Django's close returns it.
 
     ``close()`` called by Django's ``_close()`` of the checkout that holds
-    the connection checks it in (:meth:`Lease.checkin`); any other
-    ``close()`` (user code holding ``connection.connection``, a former
-    holder) really closes the session, as without the app, and the pool
-    forgets it (:meth:`Lease.close_raw`).
+    the connection checks it in (:meth:`Lease.checkin`); the holder's own
+    ``close()`` (user code holding ``connection.connection`` in its request)
+    really closes the session, as without the app, and the pool forgets it
+    (:meth:`Lease.close_raw`); a stale handle's (another thread's, or
+    anybody's while no request holds the session) does nothing, as closing
+    stock Django's already closed handle does nothing.
     """
 
     #: The :class:`~djpoolapp.lease.Lease` of this connection (its pool
@@ -74,8 +76,12 @@ class PooledConnection:
             super().close()  # type: ignore[misc]
         elif closing.get() is self:
             lease.checkin()
-        else:
-            lease.close_raw()
+        elif lease.refusal() is None:
+            lease.close_raw()  # its holder's own close: for real, as stock
+        # else: a stale handle's close (another thread's while a request
+        # holds the session, anybody's while it is parked or idle).  Stock
+        # Django's stale handle is closed already: closing it again does
+        # nothing to anybody's session (psycopg), so neither does this.
 
     def _djpool_close(self) -> None:
         """The driver's own ``close()``: ends the server session."""

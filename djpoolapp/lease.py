@@ -383,35 +383,45 @@ class Lease:
 
     def check_caller(self) -> None:
         """Raise the driver's ``InterfaceError`` when the raw connection is
-        used by anybody but its holder: by a thread other than the one
-        holding this checkout (a stale ``connection.connection`` kept past
-        its request, used while another request holds the session), or by
-        anybody while no checkout holds it (idle in the pool, or parked: a
-        raw handle kept past the end of its request, which would otherwise
-        write and commit outside any request).  Stock Django's handle would
-        be closed by then.  The pool's own round trips (checkin, checkout
-        checks: :class:`_Servicing`) pass, as does Django's own
-        thread-sharing (``allow_thread_sharing``).  Called by every
-        state-changing entry point of the pooled connection (``cursor()``,
-        ``commit()``, ``rollback()``, setters, psycopg 3's ``wait()``,
-        mysqlclient's ``query()``: ``drivers.py``)."""
-        owner = self.owner
+        used by anybody but its holder (:meth:`refusal` says who may).
+        Called by every state-changing entry point of the pooled connection
+        (``cursor()``, ``commit()``, ``rollback()``, setters, psycopg 3's
+        ``wait()``, mysqlclient's ``query()``: ``drivers.py``); their
+        holder's own case is decided inline there."""
+        message = self.refusal()
+        if message is not None:
+            raise self.driver.module.InterfaceError(message)
+
+    def refusal(self) -> str | None:
+        """Why the calling thread may not use the raw connection, or None.
+
+        Refused: a thread other than the one holding this checkout (a stale
+        ``connection.connection`` kept past its request, used while another
+        request holds the session), unless Django shares the connection
+        (``allow_thread_sharing``); and anybody while no checkout holds it
+        (idle in the pool, or parked: a raw handle kept past the end of its
+        request, which would otherwise write and commit outside any
+        request).  Stock Django's handle would be closed by then.  The
+        pool's own round trips pass (the checkin and the checkout checks:
+        :class:`_Servicing`), as does a connection already closed (the
+        driver's own error follows)."""
         state = self.state
         if state is not IN_USE:
             if state is CLOSED or _servicing.lease is self:
-                return  # (closed: the driver's own error follows)
-            raise self.driver.module.InterfaceError(
+                return None
+            return (
                 "djpoolapp: this connection went back to the pool when the "
                 "request that used it ended; a raw handle kept from that "
                 "request (connection.connection) cannot use it (without the "
                 "app it would be closed)"
             )
+        owner = self.owner
         if owner is None or owner() is _current_owner():
-            return
+            return None
         holder = self.holder() if self.holder is not None else None
         if holder is not None and getattr(holder, "allow_thread_sharing", False):
-            return
-        raise self.driver.module.InterfaceError(
+            return None
+        return (
             "djpoolapp: this connection is checked out by another thread's "
             "Django connection; a raw handle kept from an earlier request "
             "(connection.connection) cannot use it (without the app it would "

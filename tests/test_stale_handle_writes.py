@@ -498,3 +498,73 @@ def test_stale_handle__write_refused_while_no_request_holds_the_session(
     assert _state(raw) == fresh
     connection.close()
     assert djpoolapp.pool_status(alias)[alias].invalidated == invalidated
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_stale_handle__close_while_parked_or_idle_does_nothing(alias, one_connection):
+    """Adversarial review (stale close): a raw handle kept past its request
+    and closed after it ended closed the pooled session for real (the next
+    checkout then replaced it).  Stock Django's handle is closed already, so
+    its close() does nothing to any session: neither does this one now, and
+    the next request gets the same session, nothing invalidated."""
+    connection = connections[alias]
+    connection.ensure_connection()
+    raw = connection.connection
+    invalidated = djpoolapp.pool_status(alias)[alias].invalidated
+    connection.close()  # the request ends: parked, or idle in the pool
+    raw.close()  # the stale handle's close
+    connection.ensure_connection()
+    assert connection.connection is raw
+    assert Item.objects.using(alias).count() >= 0  # usable
+    connection.close()
+    assert djpoolapp.pool_status(alias)[alias].invalidated == invalidated
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_stale_handle__close_by_another_thread_leaves_the_holder_alone(
+    alias, one_connection
+):
+    """Adversarial review (stale close, high): request A keeps its raw
+    handle; request B (another thread) holds the same session when A's
+    handle is closed.  Before, B's next statement failed ("the connection is
+    closed" / 2006) and B's end-of-request close raised; stock Django's
+    stale handle is a closed connection of its own.  Now B is unaffected:
+    both its writes land and nothing is invalidated."""
+    connection = connections[alias]
+    connection.ensure_connection()
+    raw = connection.connection
+    connection.close()  # A's request ends
+    invalidated = djpoolapp.pool_status(alias)[alias].invalidated
+    first_done = threading.Event()
+    closed = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def request_b() -> None:
+        b = connections[alias]
+        b.ensure_connection()
+        seen["same session"] = b.connection is raw
+        Item.objects.using(alias).create(name="b1")
+        first_done.set()
+        assert closed.wait(10)
+        Item.objects.using(alias).create(name="b2")
+        b.close()
+
+    thread = threading.Thread(target=lambda: in_thread(request_b))
+    thread.start()
+    try:
+        assert first_done.wait(10)
+        raw.close()  # A's stale close, while B holds the session
+    finally:
+        closed.set()
+        thread.join(20)
+    assert not thread.is_alive()
+    assert seen["same session"], "pool_size=1: B must hold A's old session"
+    names = in_thread(
+        lambda: sorted(
+            Item.objects.using(alias)
+            .filter(name__in=["b1", "b2"])
+            .values_list("name", flat=True)
+        )
+    )
+    assert names == ["b1", "b2"]
+    assert djpoolapp.pool_status(alias)[alias].invalidated == invalidated
