@@ -199,7 +199,10 @@ def release_if_idle(db: Any) -> bool:
     # _pin_reason compared the driver's session attributes with the snapshot
     # just now: the checkin need not read them again.
     lease.snapshot_checked = True
-    lease.checkin()
+    try:
+        lease.checkin()
+    finally:
+        lease.snapshot_checked = False  # (also if the checkin was cut short)
     note_parked(db, lease)
     return True
 
