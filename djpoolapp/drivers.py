@@ -111,19 +111,49 @@ class PooledConnection:
             lease.check_caller()
         cursor = super().cursor()  # type: ignore[misc]
         lease.track_cursor(cursor)
+        if self._djpool_guard_cursors:
+            try:
+                cursor._djpool_guard = (lease, lease.serial, _thread.get_ident())
+            except AttributeError:  # a cursor class without __dict__
+                pass
         return cursor
 
     def _djpool_cursor(
         self, lease: Lease | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """:meth:`cursor`, every case."""
+        args, kwargs = self._djpool_cursor_arguments(args, kwargs)
         cursor_method = super().cursor  # type: ignore[misc]
         if lease is None:
-            return cursor_method(*args, **kwargs)
+            return self._djpool_made(cursor_method(*args, **kwargs))
         lease.check_caller()
-        cursor = cursor_method(*args, **kwargs)
+        cursor = self._djpool_made(cursor_method(*args, **kwargs))
+        guard: tuple[Any, int, int | None]
         if lease.state is IN_USE:
             lease.track_cursor(cursor)
+            guard = (lease, lease.serial, _thread.get_ident())
+        else:
+            guard = (lease, _NO_CHECKOUT, None)
+        if self._djpool_guard_cursors:
+            try:
+                cursor._djpool_guard = guard
+            except AttributeError:  # a cursor class without __dict__
+                pass
+        return cursor
+
+    #: The driver's cursors check the checkout and thread they were made in
+    #: (``WatchedCursor._djpool_guard``): set by the PostgreSQL connections.
+    _djpool_guard_cursors = False
+
+    def _djpool_cursor_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments of a ``cursor()`` call as the driver gets them."""
+        return args, kwargs
+
+    def _djpool_made(self, cursor: Any) -> Any:
+        """*cursor*, just made by ``cursor()`` with arguments (a named one
+        always has some)."""
         return cursor
 
     def commit(self) -> None:
@@ -161,57 +191,7 @@ class _PostgresPooledConnection(PooledConnection):
     checkout and thread it was made in (``WatchedCursor._djpool_guard``),
     checked by every call of the cursor that reaches the session."""
 
-    # PooledConnection.cursor, plus the guard (the same shape: Django's case
-    # inline, every case in _djpool_cursor()).
-    def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        lease = self._djpool_lease
-        if lease is None or args or kwargs or lease.state is not IN_USE:
-            return self._djpool_cursor(lease, args, kwargs)
-        try:
-            holder = lease.owner() is _owners.token  # type: ignore[misc]
-        except (AttributeError, TypeError):  # no token here; no owner
-            holder = False
-        if not holder:
-            lease.check_caller()
-        cursor = super(PooledConnection, self).cursor()  # type: ignore[misc]
-        lease.track_cursor(cursor)
-        try:
-            cursor._djpool_guard = (lease, lease.serial, _thread.get_ident())
-        except AttributeError:  # a cursor class without __dict__
-            pass
-        return cursor
-
-    def _djpool_cursor(
-        self, lease: Lease | None, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        args, kwargs = self._djpool_cursor_arguments(args, kwargs)
-        cursor_method = super(PooledConnection, self).cursor  # type: ignore[misc]
-        if lease is None:
-            return self._djpool_made(cursor_method(*args, **kwargs))
-        lease.check_caller()
-        cursor = self._djpool_made(cursor_method(*args, **kwargs))
-        guard: tuple[Any, int, int | None]
-        if lease.state is IN_USE:
-            lease.track_cursor(cursor)
-            guard = (lease, lease.serial, _thread.get_ident())
-        else:
-            guard = (lease, _NO_CHECKOUT, None)
-        try:
-            cursor._djpool_guard = guard
-        except AttributeError:  # a cursor class without __dict__
-            pass
-        return cursor
-
-    def _djpool_cursor_arguments(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """The arguments of a ``cursor()`` call as the driver gets them."""
-        return args, kwargs
-
-    def _djpool_made(self, cursor: Any) -> Any:
-        """*cursor*, just made by ``cursor()`` with arguments (a named one
-        always has some)."""
-        return cursor
+    _djpool_guard_cursors = True
 
 
 class PooledPsycopgConnection(_PostgresPooledConnection):
