@@ -19,6 +19,7 @@ import functools
 import os
 import select
 import sys
+import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
 from types import ModuleType
@@ -1006,6 +1007,13 @@ class Driver:
         same = (fd, stat.st_dev, stat.st_ino) == identity
         return fd if same else None
 
+    def in_helper_thread(self, conn: Any) -> bool:
+        """Whether the calling thread is one the driver itself started to
+        work on *conn* for whoever holds it (see
+        :meth:`PsycopgDriver.in_helper_thread`): such a thread may use a
+        checked-out connection, as the holder's own thread may."""
+        return False
+
     def has_pending_input(self, conn: Any) -> bool:
         try:
             return _has_pending_input(conn.fileno())
@@ -1195,6 +1203,31 @@ class PsycopgDriver(PostgresDriver):
 
     def left_open(self, cursor: Any) -> bool:
         return not cursor.closed or isinstance(cursor, self.module.ServerCursor)
+
+    def in_helper_thread(self, conn: Any) -> bool:
+        """Whether the calling thread is the worker psycopg's
+        ``QueuedLibpqWriter`` started for a ``COPY`` on *conn*
+        (``cursor.copy(..., writer=QueuedLibpqWriter(cursor))``, psycopg
+        3.1+): it writes the holder's ``COPY`` data through ``conn.wait()``
+        while the holder's thread formats the rows.  Told by the thread's
+        target, that writer's bound ``worker`` method, whose writer names
+        *conn*."""
+        writer_class = self._queued_writer
+        if writer_class is None:
+            return False
+        target = getattr(threading.current_thread(), "_target", None)
+        writer = getattr(target, "__self__", None)
+        return (
+            isinstance(writer, writer_class)
+            and getattr(target, "__func__", None) is writer_class.worker
+            and getattr(writer, "connection", None) is conn
+        )
+
+    @functools.cached_property
+    def _queued_writer(self) -> type | None:
+        """psycopg's ``QueuedLibpqWriter`` class (3.1+), or None."""
+        copy = getattr(self.module, "copy", None)
+        return getattr(copy, "QueuedLibpqWriter", None)
 
     def forget_cursor(self, cursor: Any) -> None:
         # The client-side part of close(): a named cursor's own close() would

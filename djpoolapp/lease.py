@@ -398,7 +398,10 @@ class Lease:
         Refused: a thread other than the one holding this checkout (a stale
         ``connection.connection`` kept past its request, used while another
         request holds the session), unless Django shares the connection
-        (``allow_thread_sharing``); and anybody while no checkout holds it
+        (``allow_thread_sharing``) or the thread is the driver's own, started
+        for the holder's statement (psycopg 3's ``QueuedLibpqWriter`` writing
+        a ``COPY``: ``Driver.in_helper_thread``); and anybody while no
+        checkout holds it
         (idle in the pool, or parked: a raw handle kept past the end of its
         request, which would otherwise write and commit outside any
         request).  Stock Django's handle would be closed by then.  The
@@ -421,6 +424,8 @@ class Lease:
         holder = self.holder() if self.holder is not None else None
         if holder is not None and getattr(holder, "allow_thread_sharing", False):
             return None
+        if self.driver.in_helper_thread(self.conn):
+            return None  # the driver's own thread, working for the holder
         return (
             "djpoolapp: this connection is checked out by another thread's "
             "Django connection; a raw handle kept from an earlier request "

@@ -1,0 +1,134 @@
+"""psycopg 3's ``QueuedLibpqWriter``: a ``COPY`` whose data is written by a
+thread psycopg starts for it (``cursor.copy(..., writer=QueuedLibpqWriter(
+cursor))``, psycopg 3.1+).  That thread is not the holder's, so the pool's
+rule "only the holder's thread may use a checked-out connection"
+(``Lease.refusal``) refused it with ``InterfaceError``, where stock Django's
+connection takes the rows.  The driver's own helper thread now counts as the
+holder's (``Driver.in_helper_thread``): the rows arrive, in both
+``pool_mode``\\ s; any other thread is refused as before, also one running a
+writer of another connection.  PostgreSQL with psycopg 3 only (psycopg2 and
+mysqlclient have no such writer).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from django.db import connections
+
+import djpoolapp
+from tests.conftest import driver_module
+from tests.modes import pool_mode  # noqa: F401  (every test, both modes)
+from tests.testapp.models import Item
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+]
+
+ALIAS = "default"
+
+
+@pytest.fixture
+def psycopg3() -> Any:
+    module = driver_module(ALIAS)
+    if module.__name__ != "psycopg":
+        pytest.skip("psycopg 3's QueuedLibpqWriter (this run uses psycopg2)")
+    return module
+
+
+def _copy_rows(raw: Any, names: list[str], writer_class: Any) -> None:
+    table = Item._meta.db_table
+    with raw.cursor() as cursor:
+        statement = f"COPY {table} (name, value, created) FROM STDIN"
+        with cursor.copy(statement, writer=writer_class(cursor)) as copy:
+            for name in names:
+                copy.write_row((name, 7, "2026-01-01 00:00:00+00"))
+
+
+@pytest.mark.parametrize("rows", [1, 2_000])
+def test_queued_writer__copy_through_the_raw_connection_arrives(
+    psycopg3, rows, one_connection
+):
+    """The holder COPYs through ``connection.connection`` with a
+    ``QueuedLibpqWriter``: psycopg's worker thread writes the data, every row
+    is in the table (read back through another request), the session goes
+    back clean and nothing is invalidated."""
+    from psycopg.copy import QueuedLibpqWriter
+
+    connection = connections[ALIAS]
+    connection.ensure_connection()
+    invalidated = djpoolapp.pool_status(ALIAS)[ALIAS].invalidated
+    names = [f"copied-{i}" for i in range(rows)]
+    _copy_rows(connection.connection, names, QueuedLibpqWriter)
+    connection.close()
+    assert djpoolapp.pool_status(ALIAS)[ALIAS].checked_out == 0
+    assert Item.objects.using(ALIAS).filter(name__startswith="copied-").count() == rows
+    connection.close()
+    assert djpoolapp.pool_status(ALIAS)[ALIAS].invalidated == invalidated
+
+
+def test_queued_writer__is_the_only_other_thread_let_in(psycopg3, one_connection):
+    """While the holder holds the connection: a plain thread, and a thread
+    running the worker of a ``QueuedLibpqWriter`` of *another* connection,
+    are not the driver's helper for this one (refused); a worker of a writer
+    on this connection is."""
+    from psycopg.copy import QueuedLibpqWriter
+
+    connection = connections[ALIAS]
+    connection.ensure_connection()
+    raw = connection.connection
+    lease = raw._djpool_lease
+    driver = lease.driver
+    params = connection.get_connection_params()
+    other = psycopg3.connect(**params)
+    seen: dict[str, Any] = {}
+    try:
+
+        def plain() -> None:
+            seen["plain"] = (driver.in_helper_thread(raw), lease.refusal())
+
+        thread = threading.Thread(target=plain)
+        thread.start()
+        thread.join(10)
+
+        def as_writer_of(conn: Any, key: str) -> None:
+            with conn.cursor() as cursor:
+                writer = QueuedLibpqWriter(cursor)
+                # The worker's own loop, with the check instead of a write.
+                writer._put = lambda data: seen.__setitem__(  # type: ignore[method-assign]
+                    key, (driver.in_helper_thread(raw), lease.refusal())
+                )
+                worker = threading.Thread(target=writer.worker)
+                worker.start()
+                writer._queue.put(b"x")
+                writer._queue.put(b"")
+                worker.join(10)
+
+        as_writer_of(other, "writer of another connection")
+        as_writer_of(raw, "writer of this connection")
+    finally:
+        other.close()
+        connection.close()
+    assert seen["plain"][0] is False
+    assert "another thread" in seen["plain"][1]
+    assert seen["writer of another connection"][0] is False
+    assert "another thread" in seen["writer of another connection"][1]
+    assert seen["writer of this connection"] == (True, None)
+
+
+def test_queued_writer__refused_once_the_request_ended(psycopg3, one_connection):
+    """A writer's thread is let in only while a checkout holds the
+    connection: after the request ended (parked or idle), a COPY through a
+    raw handle kept from it is refused, as every other statement is."""
+    from psycopg.copy import QueuedLibpqWriter
+
+    connection = connections[ALIAS]
+    connection.ensure_connection()
+    raw = connection.connection
+    connection.close()
+    with pytest.raises(psycopg3.InterfaceError, match="went back to the pool"):
+        _copy_rows(raw, ["stale"], QueuedLibpqWriter)
+    assert Item.objects.using(ALIAS).filter(name="stale").count() == 0
