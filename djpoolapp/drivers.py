@@ -1219,7 +1219,8 @@ class PsycopgDriver(PostgresDriver):
         writer = getattr(target, "__self__", None)
         return (
             isinstance(writer, writer_class)
-            and getattr(target, "__func__", None) is getattr(writer_class, "worker", None)
+            and getattr(target, "__func__", None)
+            is getattr(writer_class, "worker", None)
             and getattr(writer, "connection", None) is conn
         )
 
