@@ -1211,17 +1211,28 @@ class PsycopgDriver(PostgresDriver):
         3.1+): it writes the holder's ``COPY`` data through ``conn.wait()``
         while the holder's thread formats the rows.  Told by the thread's
         target, that writer's bound ``worker`` method, whose writer names
-        *conn*."""
+        *conn* and whose cursor was made in the checkout running now (its
+        checkout tag, ``Lease.track_cursor``): a writer left running by an
+        earlier request is refused, as that request's other handles are."""
         writer_class = self._queued_writer
         if writer_class is None:
             return False
         target = getattr(threading.current_thread(), "_target", None)
         writer = getattr(target, "__self__", None)
-        return (
+        if not (
             isinstance(writer, writer_class)
             and getattr(target, "__func__", None)
             is getattr(writer_class, "worker", None)
             and getattr(writer, "connection", None) is conn
+        ):
+            return False
+        tag = getattr(getattr(writer, "cursor", None), "_djpool_checkout", None)
+        lease = getattr(conn, "_djpool_lease", None)
+        return (
+            lease is not None
+            and tag is not None
+            and tag[0] is lease
+            and bool(lease.is_current(tag[1]))
         )
 
     @functools.cached_property

@@ -6,8 +6,9 @@ rule "only the holder's thread may use a checked-out connection"
 connection takes the rows.  The driver's own helper thread now counts as the
 holder's (``Driver.in_helper_thread``): the rows arrive, in both
 ``pool_mode``\\ s; any other thread is refused as before, also one running a
-writer of another connection.  PostgreSQL with psycopg 3 only (psycopg2 and
-mysqlclient have no such writer).
+writer of another connection or a writer an earlier request left
+running.  PostgreSQL with psycopg 3 only (psycopg2 and mysqlclient have no
+such writer).
 """
 
 from __future__ import annotations
@@ -132,3 +133,35 @@ def test_queued_writer__refused_once_the_request_ended(psycopg3, one_connection)
     with pytest.raises(psycopg3.InterfaceError, match="went back to the pool"):
         _copy_rows(raw, ["stale"], QueuedLibpqWriter)
     assert Item.objects.using(ALIAS).filter(name="stale").count() == 0
+
+
+def test_queued_writer__left_running_by_an_earlier_request_is_refused(
+    psycopg3, one_connection
+):
+    """A writer made in request 1 whose worker still runs in request 2 (the
+    same session, taken back: one connection) is not request 2's helper: its
+    cursor's checkout has ended, as any handle of request 1 is refused."""
+    from psycopg.copy import QueuedLibpqWriter
+
+    connection = connections[ALIAS]
+    connection.ensure_connection()
+    raw = connection.connection
+    cursor = raw.cursor()
+    writer = QueuedLibpqWriter(cursor)
+    connection.close()  # request 1 ends
+    connection.ensure_connection()  # request 2: the same session again
+    assert connection.connection is raw
+    lease = raw._djpool_lease
+    seen: list[Any] = []
+    writer._put = lambda data: seen.append(  # type: ignore[method-assign]
+        (lease.driver.in_helper_thread(raw), lease.refusal())
+    )
+    worker = threading.Thread(target=writer.worker)
+    worker.start()
+    writer._queue.put(b"x")
+    writer._queue.put(b"")
+    worker.join(10)
+    connection.close()
+    assert len(seen) == 1
+    assert seen[0][0] is False
+    assert "another thread" in seen[0][1]
