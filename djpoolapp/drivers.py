@@ -1208,38 +1208,29 @@ class PsycopgDriver(PostgresDriver):
         """Whether the calling thread is the worker psycopg's
         ``QueuedLibpqWriter`` started for a ``COPY`` on *conn*
         (``cursor.copy(..., writer=QueuedLibpqWriter(cursor))``, psycopg
-        3.1+): it writes the holder's ``COPY`` data through ``conn.wait()``
-        while the holder's thread formats the rows.  Told by the thread's
-        target, that writer's bound ``worker`` method, whose writer names
-        *conn* and whose cursor was made in the checkout running now (its
-        checkout tag, ``Lease.track_cursor``): a writer left running by an
-        earlier request is refused, as that request's other handles are."""
-        writer_class = self._queued_writer
-        if writer_class is None:
+        3.1+; any cursor, class-built ones included): it writes the holder's
+        ``COPY`` data through ``conn.wait()`` while the holder's thread
+        formats the rows.  Told by the thread itself: it is the writer's own
+        worker (``writer._worker``, whose target is the writer's bound
+        ``worker``), and the writer was tagged with the checkout running now
+        when its worker was started by a caller that may use *conn* then
+        (:func:`djpoolapp.patch.tag_queued_writer`).  A writer an earlier
+        request left running is refused, as that request's other handles
+        are.  (A guard against mistakes, not against code in the process
+        that forges these attributes.)"""
+        thread = threading.current_thread()
+        writer = getattr(getattr(thread, "_target", None), "__self__", None)
+        if writer is None or getattr(writer, "_worker", None) is not thread:
             return False
-        target = getattr(threading.current_thread(), "_target", None)
-        writer = getattr(target, "__self__", None)
-        if not (
-            isinstance(writer, writer_class)
-            and getattr(target, "__func__", None)
-            is getattr(writer_class, "worker", None)
-            and getattr(writer, "connection", None) is conn
-        ):
-            return False
-        tag = getattr(getattr(writer, "cursor", None), "_djpool_checkout", None)
+        tag = getattr(writer, "_djpool_checkout", None)
         lease = getattr(conn, "_djpool_lease", None)
         return (
             lease is not None
             and tag is not None
             and tag[0] is lease
+            and getattr(writer, "connection", None) is conn
             and bool(lease.is_current(tag[1]))
         )
-
-    @functools.cached_property
-    def _queued_writer(self) -> type | None:
-        """psycopg's ``QueuedLibpqWriter`` class (3.1+), or None."""
-        copy = getattr(self.module, "copy", None)
-        return getattr(copy, "QueuedLibpqWriter", None)
 
     def forget_cursor(self, cursor: Any) -> None:
         # The client-side part of close(): a named cursor's own close() would

@@ -675,10 +675,49 @@ _WRAPPERS: dict[str, Callable[..., Any]] = {
 }
 
 
+def _wrap_queued_writer_write(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def write(self: Any, data: Any) -> Any:
+        if getattr(self, "_worker", None) is None:
+            tag_queued_writer(self)
+        return original(self, data)
+
+    write._djpool_patched = True  # type: ignore[attr-defined]
+    return write
+
+
+def tag_queued_writer(writer: Any) -> None:
+    """Before psycopg's ``QueuedLibpqWriter`` starts its worker thread (its
+    first ``write()``): when the caller may use the pooled connection now
+    (the holder's thread, or one Django lets share it), tag the writer with
+    the checkout running (``(lease, serial)``): its worker may then use the
+    connection for that checkout (``PsycopgDriver.in_helper_thread``)."""
+    lease = getattr(getattr(writer, "connection", None), "_djpool_lease", None)
+    if lease is not None and lease.state is IN_USE and lease.refusal() is None:
+        writer._djpool_checkout = (lease, lease.serial)
+
+
+def _hook_queued_writer() -> None:
+    """Wrap psycopg 3's ``QueuedLibpqWriter.write`` (psycopg 3.1+; once,
+    undone by :func:`uninstall`) when psycopg 3 is loaded."""
+    if "psycopg" not in sys.modules:
+        return
+    try:
+        from psycopg import copy
+    except ImportError:  # pragma: no cover - psycopg 3.0
+        return
+    writer = getattr(copy, "QueuedLibpqWriter", None)
+    current = getattr(writer, "__dict__", {}).get("write")
+    if current is None or getattr(current, "_djpool_patched", False):
+        return
+    _set(writer, "write", _wrap_queued_writer_write(current))
+
+
 def install(wrapper_class: type[BaseDatabaseWrapper]) -> None:
     """Patch one backend's ``DatabaseWrapper`` class (idempotent)."""
     if wrapper_class in _installed:
         return
+    _hook_queued_writer()
     for klass in wrapper_class.__mro__:
         if klass in (BaseDatabaseWrapper, object):
             break

@@ -40,30 +40,37 @@ def psycopg3() -> Any:
     return module
 
 
-def _copy_rows(raw: Any, names: list[str], writer_class: Any) -> None:
+def _copy_rows(
+    raw: Any, names: list[str], writer_class: Any, cursor_class: Any = None
+) -> None:
     table = Item._meta.db_table
-    with raw.cursor() as cursor:
+    with raw.cursor() if cursor_class is None else cursor_class(raw) as cursor:
         statement = f"COPY {table} (name, value, created) FROM STDIN"
         with cursor.copy(statement, writer=writer_class(cursor)) as copy:
             for name in names:
                 copy.write_row((name, 7, "2026-01-01 00:00:00+00"))
 
 
-@pytest.mark.parametrize("rows", [1, 2_000])
+@pytest.mark.parametrize(
+    ("rows", "cursor"),
+    [(1, None), (2_000, None), (50, "ClientCursor"), (50, "Cursor"), (50, "RawCursor")],
+)
 def test_queued_writer__copy_through_the_raw_connection_arrives(
-    psycopg3, rows, one_connection
+    psycopg3, rows, cursor, one_connection
 ):
     """The holder COPYs through ``connection.connection`` with a
-    ``QueuedLibpqWriter``: psycopg's worker thread writes the data, every row
-    is in the table (read back through another request), the session goes
-    back clean and nothing is invalidated."""
+    ``QueuedLibpqWriter``, on the connection's own cursor or one built from
+    its class: psycopg's worker thread writes the data, every row is in the
+    table (read back through another request), the session goes back clean
+    and nothing is invalidated."""
     from psycopg.copy import QueuedLibpqWriter
 
     connection = connections[ALIAS]
     connection.ensure_connection()
     invalidated = djpoolapp.pool_status(ALIAS)[ALIAS].invalidated
     names = [f"copied-{i}" for i in range(rows)]
-    _copy_rows(connection.connection, names, QueuedLibpqWriter)
+    cursor_class = None if cursor is None else getattr(psycopg3, cursor)
+    _copy_rows(connection.connection, names, QueuedLibpqWriter, cursor_class)
     connection.close()
     assert djpoolapp.pool_status(ALIAS)[ALIAS].checked_out == 0
     assert Item.objects.using(ALIAS).filter(name__startswith="copied-").count() == rows
@@ -95,28 +102,47 @@ def test_queued_writer__is_the_only_other_thread_let_in(psycopg3, one_connection
         thread.start()
         thread.join(10)
 
-        def as_writer_of(conn: Any, key: str) -> None:
-            with conn.cursor() as cursor:
-                writer = QueuedLibpqWriter(cursor)
-                # The worker's own loop, with the check instead of a write.
-                writer._put = lambda data: seen.__setitem__(  # type: ignore[method-assign]
-                    key, (driver.in_helper_thread(raw), lease.refusal())
-                )
-                worker = threading.Thread(target=writer.worker)
-                worker.start()
-                writer._queue.put(b"x")
-                writer._queue.put(b"")
-                worker.join(10)
+        def check_in_worker(writer: Any, key: str) -> None:
+            # The worker's own loop, started by write() as in a COPY, with
+            # the check instead of sending the data.
+            writer._put = lambda data: seen.__setitem__(  # type: ignore[method-assign]
+                key, (driver.in_helper_thread(raw), lease.refusal())
+            )
+            writer.write(b"x")
+            worker = writer._worker
+            writer._queue.put(b"")
+            worker.join(10)
 
-        as_writer_of(other, "writer of another connection")
-        as_writer_of(raw, "writer of this connection")
+        with other.cursor() as cursor:
+            check_in_worker(QueuedLibpqWriter(cursor), "writer of another connection")
+        with raw.cursor() as cursor:
+            check_in_worker(QueuedLibpqWriter(cursor), "writer of this connection")
+
+        class Forged(threading.Thread):
+            """A thread that claims a writer's worker as its target but is
+            not the thread the writer started."""
+
+            def run(self) -> None:
+                seen["forged"] = (driver.in_helper_thread(raw), lease.refusal())
+
+        with raw.cursor() as cursor:
+            # A writer whose real worker the holder started (tagged).
+            writer = QueuedLibpqWriter(cursor)
+            writer._put = lambda data: None  # type: ignore[method-assign]
+            writer.write(b"x")
+            thread = Forged(target=writer.worker)
+            thread.start()
+            thread.join(10)
+            writer._queue.put(b"")
+            writer._worker.join(10)
     finally:
         other.close()
         connection.close()
     assert seen["plain"][0] is False
     assert "another thread" in seen["plain"][1]
-    assert seen["writer of another connection"][0] is False
-    assert "another thread" in seen["writer of another connection"][1]
+    for key in ("writer of another connection", "forged"):
+        assert seen[key][0] is False, key
+        assert "another thread" in seen[key][1], key
     assert seen["writer of this connection"] == (True, None)
 
 
@@ -146,22 +172,44 @@ def test_queued_writer__left_running_by_an_earlier_request_is_refused(
     connection = connections[ALIAS]
     connection.ensure_connection()
     raw = connection.connection
-    cursor = raw.cursor()
-    writer = QueuedLibpqWriter(cursor)
+    lease = raw._djpool_lease
+    seen: list[Any] = []
+    go_on = threading.Event()
+
+    def put(data: Any) -> None:  # the worker's write, after request 1 ended
+        assert go_on.wait(10)
+        seen.append((lease.driver.in_helper_thread(raw), lease.refusal()))
+
+    writer = QueuedLibpqWriter(raw.cursor())
+    writer._put = put  # type: ignore[method-assign]
+    writer.write(b"x")  # request 1 starts the worker (tagged: it may)
+    worker = writer._worker
     connection.close()  # request 1 ends
     connection.ensure_connection()  # request 2: the same session again
     assert connection.connection is raw
-    lease = raw._djpool_lease
-    seen: list[Any] = []
-    writer._put = lambda data: seen.append(  # type: ignore[method-assign]
-        (lease.driver.in_helper_thread(raw), lease.refusal())
-    )
-    worker = threading.Thread(target=writer.worker)
-    worker.start()
-    writer._queue.put(b"x")
+    go_on.set()
     writer._queue.put(b"")
     worker.join(10)
     connection.close()
     assert len(seen) == 1
     assert seen[0][0] is False
     assert "another thread" in seen[0][1]
+
+
+def test_queued_writer__hook_undone_with_the_app(psycopg3, unpatched):
+    """Without the app (its patches undone) psycopg's writer is psycopg's own
+    again, and the COPY through stock Django's connection works."""
+    from psycopg.copy import QueuedLibpqWriter
+
+    assert not getattr(QueuedLibpqWriter.write, "_djpool_patched", False)
+    connection = connections[ALIAS]
+    connection.ensure_connection()
+    _copy_rows(connection.connection, ["stock-0", "stock-1"], QueuedLibpqWriter)
+    assert Item.objects.using(ALIAS).filter(name__startswith="stock-").count() == 2
+    connection.close()
+
+
+def test_queued_writer__hooked_with_the_app(psycopg3):
+    from psycopg.copy import QueuedLibpqWriter
+
+    assert getattr(QueuedLibpqWriter.write, "_djpool_patched", False)
