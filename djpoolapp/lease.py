@@ -398,10 +398,10 @@ class Lease:
         Refused: a thread other than the one holding this checkout (a stale
         ``connection.connection`` kept past its request, used while another
         request holds the session), unless Django shares the connection
-        (``allow_thread_sharing``) or the thread is the driver's own, started
-        for the holder's statement (psycopg 3's ``QueuedLibpqWriter`` writing
-        a ``COPY``: ``Driver.in_helper_thread``); and anybody while no
-        checkout holds it
+        (``allow_thread_sharing``) or the thread is one the driver started
+        for the holder in this checkout (the worker of psycopg 3's
+        ``QueuedLibpqWriter`` writing the holder's ``COPY``:
+        ``Driver.in_helper_thread``); and anybody while no checkout holds it
         (idle in the pool, or parked: a raw handle kept past the end of its
         request, which would otherwise write and commit outside any
         request).  Stock Django's handle would be closed by then.  The
