@@ -465,6 +465,14 @@ class Lease:
             self.returned_at = _monotonic()
             reason: BaseException | str | None = None
             cursors = self.cursors
+            if driver.busy(conn):
+                # A call still holds the driver connection (psycopg 3's lock:
+                # a COPY block or a stream() generator left open past the
+                # request, kept alive by a traceback): a rollback or a cursor
+                # close would wait for that lock for ever, in this thread.
+                # Stock Django's close() takes no lock: closed, as there.
+                reason = "a COPY or stream() left open still holds it"
+                cursors = self.cursors = None
             if cursors is not None:
                 self.cursors = None
                 left_open = [

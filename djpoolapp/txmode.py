@@ -190,7 +190,10 @@ def release_if_idle(db: Any) -> bool:
     if reason is not None:
         pin(db, reason)
         return False
-    if lease.driver.in_transaction(conn) is not False:
+    driver = lease.driver
+    if driver.in_transaction(conn) is not False or driver.busy(conn):
+        # (busy: a call on it is still running, e.g. another thread's while
+        # Django lets it share the connection: not idle.)
         return False
     want_park, note_parked = _parking or _bind_parking()
     db._djpool_released = True

@@ -213,3 +213,39 @@ def test_queued_writer__hooked_with_the_app(psycopg3):
     from psycopg.copy import QueuedLibpqWriter
 
     assert getattr(QueuedLibpqWriter.write, "_djpool_patched", False)
+
+
+def test_queued_writer__started_by_another_thread_is_refused(psycopg3, one_connection):
+    """The holder made the writer, but another thread calls its first
+    ``write()`` (starting the worker) while the holder holds the connection:
+    that thread may not use the connection, so the worker is not tagged and
+    is refused too (``tag_queued_writer`` asks ``Lease.refusal``)."""
+    from psycopg.copy import QueuedLibpqWriter
+
+    connection = connections[ALIAS]
+    connection.ensure_connection()
+    raw = connection.connection
+    lease = raw._djpool_lease
+    seen: list[Any] = []
+    try:
+        with raw.cursor() as cursor:
+            writer = QueuedLibpqWriter(cursor)
+            writer._put = lambda data: seen.append(  # type: ignore[method-assign]
+                (lease.driver.in_helper_thread(raw), lease.refusal())
+            )
+
+            def foreign() -> None:
+                writer.write(b"x")
+                worker = writer._worker
+                writer._queue.put(b"")
+                worker.join(10)
+
+            thread = threading.Thread(target=foreign)
+            thread.start()
+            thread.join(20)
+    finally:
+        connection.close()
+    assert not hasattr(writer, "_djpool_checkout")
+    assert len(seen) == 1
+    assert seen[0][0] is False
+    assert "another thread" in seen[0][1]
