@@ -245,6 +245,16 @@ ONE_CONNECTION = {"pool_size": 1, "max_overflow": 0, "timeout": 10}
 
 
 @pytest.fixture
+def psycopg3() -> Any:
+    """The psycopg 3 module behind the ``default`` alias; the test is skipped
+    when this run uses psycopg2 (``DJPOOL_TEST_DRIVER=psycopg2``)."""
+    module = driver_module("default")
+    if module.__name__ != "psycopg":
+        pytest.skip("psycopg 3 only (this run uses psycopg2)")
+    return module
+
+
+@pytest.fixture
 def one_connection() -> Iterator[None]:
     """Every alias pooled with :data:`ONE_CONNECTION`, from closed Django
     connections, closed again after."""

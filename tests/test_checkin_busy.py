@@ -25,7 +25,6 @@ import pytest
 from django.db import connections
 
 import djpoolapp
-from tests.conftest import driver_module
 from tests.modes import pool_mode  # noqa: F401  (every test, both modes)
 from tests.testapp.models import Item
 
@@ -35,14 +34,6 @@ pytestmark = [
 ]
 
 ALIAS = "default"
-
-
-@pytest.fixture
-def psycopg3() -> Any:
-    module = driver_module(ALIAS)
-    if module.__name__ != "psycopg":
-        pytest.skip("psycopg 3's connection lock (this run uses psycopg2)")
-    return module
 
 
 def _open_copy(raw: Any) -> Any:
