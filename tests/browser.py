@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,6 +20,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tests.harness import free_port
 
 APT_PACKAGES = ("chromium", "chromium-driver")
 
@@ -52,12 +53,6 @@ def find_chromium() -> tuple[str, str] | None:
     return (binary, driver) if binary and driver else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until(
     condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition"
 ) -> Any:
@@ -80,7 +75,7 @@ class Browser:
     """One chromedriver process and one headless Chromium session."""
 
     def __init__(self, binary: str, driver: str, profile_dir: Path) -> None:
-        port = _free_port()
+        port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
             [driver, f"--port={port}"],

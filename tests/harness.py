@@ -37,6 +37,7 @@ import glob
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -240,7 +241,55 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+#: Ports handed out by :func:`free_port`: below the kernel's ephemeral
+#: range, in :data:`_PORT_SLICES` slices (one per xdist worker, one for the
+#: controlling process).
+_PORT_FLOOR = 10000
+_PORT_SLICES = 8
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel gives to ``bind(0)`` and to outgoing
+    connections (``net.ipv4.ip_local_port_range``; Linux's default 32768)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing uses now, for a server a test is
+    about to start.
+
+    Chosen below the kernel's ephemeral range, so that no socket the kernel
+    numbers itself -- a listener bound to port 0 (a test's tripwire or proxy),
+    a client's outgoing connection -- can take it between this call and the
+    server's own ``bind()``; and within this process's slice of that space
+    (its xdist worker's, ``PYTEST_XDIST_WORKER``), so that two workers do not
+    pick the same one.  (Bound to port 0 and released, as before, it was a
+    port of the ephemeral range: a concurrent test's listener got it, the
+    server failed with "address already in use" and that listener counted a
+    stranger's connection.)  Falls back to the kernel's choice when the
+    range leaves no room below it."""
+    floor = _ephemeral_floor()
+    span = (floor - _PORT_FLOOR) // _PORT_SLICES
+    if span >= 100:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        index = (
+            int(worker[2:]) % (_PORT_SLICES - 1)
+            if worker.startswith("gw") and worker[2:].isdigit()
+            else _PORT_SLICES - 1
+        )
+        first = _PORT_FLOOR + index * span
+        for _ in range(100):
+            port = random.randrange(first, first + span)
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

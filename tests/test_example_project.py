@@ -405,14 +405,13 @@ def test_example_serve__browsable_and_stops_its_own_postgres_on_sigterm(data_dir
     """``manage.py serve``: the status page answers (403 with a login link for
     an anonymous visitor), and SIGTERM ends the server it started."""
     import signal
-    import socket
     import time
     import urllib.error
     import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from tests.harness import free_port
+
+    port = free_port()
     env = example_env_without_urls(data_dir)
     server = subprocess.Popen(
         [sys.executable, str(MANAGE), "serve", f"127.0.0.1:{port}"],

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from djpoolapp.pool import registry
 from djpoolapp.tagging import host_name
 from tests.browser import APT_PACKAGES, Browser, find_chromium, wait_until
 from tests.conftest import ALIASES, IN_CI
+from tests.harness import free_port
 
 pytestmark = [
     pytest.mark.urls("tests.status_urls"),
@@ -432,12 +432,6 @@ def test_status_page__figures_refresh_in_headless_chromium(live_server, staff_cl
 WORKERS_SCREENSHOT = Path(__file__).resolve().parent / "tmp" / "status_page_workers.png"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _get_json(url: str, cookie: str) -> dict:
     request = urllib.request.Request(url, headers={"Cookie": f"sessionid={cookie}"})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -457,7 +451,7 @@ def test_status_page__two_gunicorn_workers_in_headless_chromium(staff_client):
             pytest.fail("gunicorn is missing (setup.cfg extra 'test')")
         pytest.skip("gunicorn is missing (setup.cfg extra 'test')")
     cookie = staff_client.cookies["sessionid"].value
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ from django.db import connections
 
 from djpoolapp.pool import registry
 from tests.conftest import IN_CI, count_sessions, monitor_connection
+from tests.harness import free_port
 from tests.testapp.models import Item
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,12 +81,6 @@ def require_module(name: str) -> None:
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
