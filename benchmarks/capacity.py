@@ -40,7 +40,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -298,9 +297,11 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """The test harness's :func:`tests.harness.free_port` (imported here, as
+    ``servers.py`` imports the harness only when it needs it)."""
+    from tests.harness import free_port
+
+    return free_port()
 
 
 def parse_wrk(output: str) -> dict[str, Any]:
