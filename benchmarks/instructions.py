@@ -4,7 +4,8 @@
 Timings on a shared two-core machine move by 10-30 % between runs; the
 number of instructions a request executes does not (``valgrind
 --tool=callgrind`` counts them whatever else the machine does; repeated
-runs agree within 0.1 %).  So this is the figure to compare an A/B change
+runs agree within 0.1 %, with ``PYTHONHASHSEED`` fixed, which
+:func:`_instructions` does).  So this is the figure to compare an A/B change
 of the per-request path with, where ``run.py``'s ratios cannot tell 3 %
 from noise.
 
@@ -93,7 +94,14 @@ def _instructions(mode: str, database: str, queries: int, requests: int) -> int:
         sys.executable, str(Path(__file__).resolve()), "--worker", mode,
         database, str(queries), str(requests),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    # A fixed hash seed: with Python's random one, string hashing orders
+    # sets and dicts differently in every run, and start-up alone moves by
+    # millions of instructions (seen: 5.6 M between two runs of 5 requests,
+    # 850 with the seed fixed), more than the requests being measured.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, env=env
+    )
     for line in result.stderr.splitlines():
         if "Collected :" in line:
             if result.returncode != 0:
