@@ -1041,6 +1041,15 @@ class Driver:
         """The driver's round trip behind :meth:`ping`, unbounded."""
         raise NotImplementedError
 
+    def prepare_for_setup(self, conn: Any) -> None:
+        """Put a reused *conn* in the client-side state the driver's
+        ``connect()`` gives a new connection, right before Django's own
+        set-up runs on it (``get_new_connection()``, then
+        ``init_connection_state()`` and ``set_autocommit()``), so that the
+        set-up has the effect it has on a fresh connection.  Only the
+        holder's thread calls it, during its checkout (``Registry.connect``).
+        Nothing to do for most drivers."""
+
     # -- checkin -----------------------------------------------------------
     def autocommit(self, conn: Any) -> bool | None:
         """Whether the driver connection is in autocommit mode, read
@@ -1335,6 +1344,18 @@ class Psycopg2Driver(PostgresDriver):
             conn.cursor_factory, conn.encoding,
         )  # fmt: skip
 
+    def prepare_for_setup(self, conn: Any) -> None:
+        # psycopg2 applies session characteristics set while in autocommit
+        # (Django's get_new_connection() sets ``isolation_level`` from
+        # OPTIONS) as session-wide defaults (SET default_transaction_isolation
+        # and friends), so that every autocommit statement would run at that
+        # level; set before autocommit is on, as on a new connection, they
+        # are only used to BEGIN Django's transactions.  Turning autocommit
+        # off sets those defaults back (one round trip, only when they are
+        # not the server's).
+        if conn.autocommit:
+            conn.autocommit = False
+
     def restore(self, conn: Any, snapshot: Any) -> bool:
         if snapshot is None or self.snapshot(conn) == snapshot:
             return True
@@ -1344,6 +1365,12 @@ class Psycopg2Driver(PostgresDriver):
         if (conn.readonly, conn.isolation_level, conn.deferrable) != (
             readonly, isolation_level, deferrable,
         ):  # fmt: skip
+            # Set outside autocommit, as Django's set-up set them (see
+            # prepare_for_setup): in autocommit psycopg2 would make them the
+            # session's defaults for every statement.
+            autocommit = conn.autocommit
+            if autocommit:
+                conn.autocommit = False
             conn.set_session(
                 isolation_level="DEFAULT"
                 if isolation_level is None
@@ -1351,6 +1378,8 @@ class Psycopg2Driver(PostgresDriver):
                 readonly="DEFAULT" if readonly is None else readonly,
                 deferrable="DEFAULT" if deferrable is None else deferrable,
             )
+            if autocommit:
+                conn.autocommit = True
         conn.cursor_factory = cursor_factory
         return True
 

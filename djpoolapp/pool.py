@@ -432,6 +432,7 @@ class Registry:
                 and entry.matches(kwargs, wrapper.settings_dict["OPTIONS"])
                 and not entry.retired
             ):
+                entry.driver.prepare_for_setup(pending)
                 return pending
             pending._djpool_lease.give_back()
         if entry is None or not entry.matches(kwargs, wrapper.settings_dict["OPTIONS"]):
@@ -445,7 +446,11 @@ class Registry:
             # Same connect arguments, other settings (CONN_HEALTH_CHECKS,
             # TEST...): the fast path compares with these from now on.
             entry.settings_seen = _settings_copy(wrapper.settings_dict)
-        return entry.checkout(wrapper)
+        conn = entry.checkout(wrapper)
+        if isinstance(entry, AliasPool):
+            # Django's set-up runs on it next, as on a new connection.
+            entry.driver.prepare_for_setup(conn)
+        return conn
 
     def _replace(
         self, wrapper: Any, module: Any, kwargs: dict[str, Any]
