@@ -485,7 +485,7 @@ class WatchedCursor:
 def _check_cursor(cursor: Any) -> None:
     """The slow path of the cursor check (another thread, another checkout,
     or a cursor made with no checkout): raise the driver's
-    ``InterfaceError`` unless the call is allowed."""
+    error (:meth:`Driver.refused`) unless the call is allowed."""
     lease, serial, _ = cursor._djpool_guard
     if lease is _NO_LEASE:
         # Not made by the pooled connection's cursor(): the connection's check.
@@ -498,7 +498,7 @@ def _check_cursor(cursor: Any) -> None:
         return
     if serial == _NO_CHECKOUT and lease.state is not IN_USE:
         return  # the pool's own round trip (no checkout holds the session)
-    raise lease.driver.module.InterfaceError(
+    raise lease.driver.refused(
         "djpoolapp: this cursor was made for a checkout of the connection that "
         "has ended (the request that made it closed its connection; a cursor "
         "of a raw handle kept from an earlier request); it cannot act on the "
@@ -962,6 +962,16 @@ class Driver:
     def connect(self, kwargs: dict[str, Any]) -> Any:
         raise NotImplementedError
 
+    def refused(self, message: str) -> Exception:
+        """The error for a use of the connection the pool refuses (a raw
+        handle or cursor kept past its request: ``Lease.check_caller``, the
+        cursor check), with djpoolapp's *message*: of the class the driver
+        raises when a closed connection is used, as stock Django's handle
+        would be closed by then (psycopg2: ``InterfaceError``; psycopg 3:
+        ``OperationalError``; mysqlclient: ``OperationalError`` 2006).
+        Django's cursor wrapper raises it as Django's class of that name."""
+        return self.module.InterfaceError(message)  # type: ignore[no-any-return]
+
     def can_pool(self, kwargs: dict[str, Any]) -> bool:
         """False for connect arguments that must never be pooled."""
         return True
@@ -1210,6 +1220,11 @@ class PsycopgDriver(PostgresDriver):
 
     module_name = "psycopg"
 
+    def refused(self, message: str) -> Exception:
+        # psycopg 3 on a closed connection: OperationalError("the connection
+        # is closed").
+        return self.module.OperationalError(message)  # type: ignore[no-any-return]
+
     def left_open(self, cursor: Any) -> bool:
         return not cursor.closed or isinstance(cursor, self.module.ServerCursor)
 
@@ -1409,6 +1424,11 @@ class MySQLdbDriver(Driver):
     module_name = "MySQLdb"
     vendor = "mysql"
     tracks_session_statements = True
+
+    def refused(self, message: str) -> Exception:
+        # mysqlclient on a closed connection: OperationalError(2006, ...)
+        # (CR_SERVER_GONE_ERROR).
+        return self.module.OperationalError(2006, message)  # type: ignore[no-any-return]
 
     def connect(self, kwargs: dict[str, Any]) -> Any:
         from MySQLdb.connections import Connection

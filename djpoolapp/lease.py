@@ -84,6 +84,7 @@ from sqlalchemy import exc as sa_exc
 from .deadline import RoundTripTimeout, bounded
 from .exceptions import SessionChanged
 from .signals import connection_checked_in
+from .sql import CLOSE_TO_RESET
 
 if TYPE_CHECKING:
     from .pool import AliasPool
@@ -382,7 +383,8 @@ class Lease:
             self.discard = reason
 
     def check_caller(self) -> None:
-        """Raise the driver's ``InterfaceError`` when the raw connection is
+        """Raise the driver's error for a closed connection
+        (``Driver.refused``) when the raw connection is
         used by anybody but its holder (:meth:`refusal` says who may).
         Called by every state-changing entry point of the pooled connection
         (``cursor()``, ``commit()``, ``rollback()``, setters, psycopg 3's
@@ -390,7 +392,7 @@ class Lease:
         holder's own case is decided inline there."""
         message = self.refusal()
         if message is not None:
-            raise self.driver.module.InterfaceError(message)
+            raise self.driver.refused(message)
 
     def refusal(self) -> str | None:
         """Why the calling thread may not use the raw connection, or None.
@@ -525,9 +527,14 @@ class Lease:
                     if reset is _RESET:
                         park = False  # Django's set-up is undone: it must run again
                         self.epoch += 1  # the session's values are gone too
-                        with bounded(conn, "session reset"):
-                            if not driver.reset_session(conn, self.snapshot):
-                                reason = "its session cannot be reset in place"
+                        if self.changed & CLOSE_TO_RESET:
+                            # (setseed(), a temporary replication slot: only
+                            # a new session is as a fresh connection is)
+                            reason = "its session cannot be reset in place"
+                        else:
+                            with bounded(conn, "session reset"):
+                                if not driver.reset_session(conn, self.snapshot):
+                                    reason = "its session cannot be reset in place"
                     elif reset is _CURSORS:
                         with bounded(conn, "close of the server-side cursors"):
                             driver.close_server_cursors(conn)

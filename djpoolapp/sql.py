@@ -14,7 +14,7 @@ Labels (the whole vocabulary; :data:`LABELS`):
     ``SET autocommit``, ``COMMIT AND CHAIN``, ``CALL``.
 ``set``
     a session setting: ``SET``/``RESET`` of a variable, ``SET NAMES``,
-    ``set_config(..., false)``, ``setseed()``, MySQL ``FLUSH``-free ``SET
+    ``set_config(..., false)``, MySQL ``FLUSH``-free ``SET
     STATEMENT``, ``SET GLOBAL`` (flagged too).
 ``role``
     ``SET ROLE``, ``SET SESSION AUTHORIZATION``.
@@ -46,6 +46,13 @@ Labels (the whole vocabulary; :data:`LABELS`):
 ``executable_comment``
     MySQL ``/*! ... */`` and MariaDB ``/*M! ... */`` (their content is
     classified too, as if the server ran it).
+``random_seed``
+    PostgreSQL ``setseed()``: ``DISCARD ALL`` does not reseed ``random()``,
+    so the connection is closed at checkin (:data:`CLOSE_TO_RESET`).
+``replication_slot``
+    PostgreSQL ``pg_create_*_replication_slot()`` and
+    ``pg_copy_*_replication_slot()``: a temporary slot lives as long as its
+    session, whatever ``DISCARD ALL`` does; closed at checkin too.
 ``unknown``
     anything else it cannot prove harmless: an unknown statement type,
     ``DO``, ``CALL``, ``EXECUTE``, ``DISCARD``, ``LOAD``, ``HANDLER``,
@@ -88,6 +95,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 __all__ = [
+    "CLOSE_TO_RESET",
     "LABELS",
     "PINS_VALUE",
     "READS_DIAGNOSTICS",
@@ -116,9 +124,15 @@ LABELS = frozenset(
         "user_variable",
         "multi_statement",
         "executable_comment",
+        "random_seed",
+        "replication_slot",
         "unknown",
     }
 )
+
+#: Labels of changes that only ending the server session undoes (no reset
+#: statement does): a checkin after one closes the connection.
+CLOSE_TO_RESET = frozenset({"random_seed", "replication_slot"})
 
 HARMLESS: frozenset[str] = frozenset()
 _A = TypeVar("_A")
@@ -139,7 +153,7 @@ _PG_CHARS = (";", "&")  # "&": U&"..." can spell any name
 _MYSQL_NAMES = ("_lock",)
 _PG_NAMES = (
     "set_", "setseed", "advisory", "dblink", "temp", "replication_origin",
-    "pg_settings",
+    "replication_slot", "pg_settings",
 )  # fmt: skip
 _FAST_RULES: dict[tuple[str, type], tuple[Any, tuple[Any, ...], tuple[Any, ...]]] = {
     ("mysql", str): (_FAST, _MYSQL_CHARS, _MYSQL_NAMES),
@@ -233,10 +247,11 @@ def _classify(vendor: str, statement: str | bytes) -> frozenset[str]:
 #: Sets a value on purpose, for a later statement to read: pin the session.
 PINS_VALUE = 1
 #: Reads the last generated id (lastval(), currval(), LAST_INSERT_ID(),
-#: @@identity, @@last_insert_id).
+#: @@identity, @@last_insert_id; MariaDB's LASTVAL(seq), PREVIOUS VALUE FOR).
 READS_ID = 2
 #: May set the last generated id (an INSERT, REPLACE, MERGE, LOAD DATA
-#: statement, or a call of nextval(), setval(), LAST_INSERT_ID(expr)).
+#: statement, or a call of nextval(), setval(), LAST_INSERT_ID(expr); MariaDB's
+#: NEXTVAL(seq), SETVAL(seq, n), NEXT VALUE FOR seq).
 SETS_ID = 4
 #: Reads what the previous statement did (FOUND_ROWS(), ROW_COUNT()).
 READS_PREVIOUS = 8
@@ -254,17 +269,19 @@ _VALUE_WORDS = {
     "mysql": re.compile(
         r"\b(?:last_insert_id|found_rows|row_count|sql_calc_found_rows|identity"
         r"|warning_count|error_count|warnings|errors|diagnostics|insert|replace"
-        r"|load)\b",
+        r"|load|nextval|setval|lastval|(?:next|previous)\s+value)\b",
         re.I,
     ),
 }
 _ID_READERS = {
     "postgresql": frozenset({"lastval", "currval"}),
-    "mysql": frozenset({"last_insert_id"}),
+    # (LAST_INSERT_ID(expr), with an argument, sets it; MariaDB's
+    # LASTVAL(seq) reads a sequence's last value in this session)
+    "mysql": frozenset({"last_insert_id", "lastval"}),
 }
 _ID_SETTERS = {
     "postgresql": frozenset({"nextval", "setval"}),
-    "mysql": frozenset(),  # LAST_INSERT_ID(expr): with an argument
+    "mysql": frozenset({"nextval", "setval"}),  # MariaDB's sequences
 }
 _PREVIOUS_READERS = frozenset({"found_rows", "row_count"})
 _MYSQL_SESSION_VALUES = {
@@ -338,7 +355,7 @@ def _value_use_of_tokens(vendor: str, tokens: list[Token]) -> int:
         if kind in ("w", "q") and following == ("o", "("):  # a call
             if value in id_readers:
                 argument = tokens[index + 2] if index + 2 < count else ("", "")
-                if mysql and argument != ("o", ")"):
+                if mysql and value == "last_insert_id" and argument != ("o", ")"):
                     use |= PINS_VALUE | SETS_ID  # LAST_INSERT_ID(expr)
                 else:
                     use |= READS_ID
@@ -362,6 +379,14 @@ def _value_use_of_tokens(vendor: str, tokens: list[Token]) -> int:
             use |= _MYSQL_SESSION_VALUES.get(value, 0)
             continue
         if kind != "w":
+            continue
+        if (
+            mysql
+            and value == "value"
+            and following == ("w", "for")
+            and previous in (("w", "next"), ("w", "previous"))
+        ):  # MariaDB's NEXT VALUE FOR seq, PREVIOUS VALUE FOR seq
+            use |= PINS_VALUE | SETS_ID if previous[1] == "next" else READS_ID
             continue
         if value in statements and previous[0] == "o" and previous[1] in ";()":
             if value != "load" or following[1] in ("data", "xml"):
@@ -742,7 +767,13 @@ _PG_ADVISORY = frozenset(
         "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
     }
 )  # fmt: skip
-_PG_SETTING_FUNCTIONS = frozenset({"setseed", "set_limit"})
+_PG_SETTING_FUNCTIONS = frozenset({"set_limit"})
+_PG_SLOT_FUNCTIONS = frozenset(
+    {
+        "pg_create_physical_replication_slot", "pg_create_logical_replication_slot",
+        "pg_copy_physical_replication_slot", "pg_copy_logical_replication_slot",
+    }
+)  # fmt: skip
 _PG_UNKNOWN_PREFIXES = ("dblink", "pg_replication_origin_session")
 _PG_TRUE = frozenset({"true", "'t'", "'true'", "'y'", "'yes'", "'on'", "'1'"})
 _PG_HARMLESS = _PLAIN | frozenset(
@@ -775,6 +806,10 @@ def _pg_expressions(tokens: list[Token]) -> set[str]:
                 labels.add("advisory_lock")
             elif value in _PG_SETTING_FUNCTIONS:
                 labels.add("set")
+            elif value == "setseed":
+                labels.add("random_seed")
+            elif value in _PG_SLOT_FUNCTIONS:
+                labels.add("replication_slot")
             elif value == "set_config" and not _pg_local_set_config(tokens, index):
                 labels.add("set")
             elif value.startswith(_PG_UNKNOWN_PREFIXES):

@@ -210,6 +210,29 @@ def driver_module(alias: str) -> Any:
     return getattr(database, "djpool_driver_module", database)
 
 
+_closed_errors: dict[str, type[Exception]] = {}
+
+
+def closed_connection_error(module: Any) -> type[Exception]:
+    """The class of error DB-API *module* raises when a statement is run on
+    a connection that was closed -- what stock Django's stale handle raises,
+    and so what djpoolapp raises for a refused one (``Driver.refused``).
+    Found out once per driver on an unpooled connection to the test server
+    (psycopg2: InterfaceError; psycopg 3 and mysqlclient: OperationalError)."""
+    name = module.__name__
+    if name not in _closed_errors:
+        alias = "mysql" if name == "MySQLdb" else "default"
+        conn = monitor_connection(alias)
+        conn.close()
+        try:
+            conn.cursor().execute("SELECT 1")
+        except module.Error as error:
+            _closed_errors[name] = type(error)
+        else:  # pragma: no cover - a driver that runs on a closed connection
+            raise AssertionError(f"{name} ran a statement on a closed connection")
+    return _closed_errors[name]
+
+
 def monitor_connection(alias: str) -> Any:
     """An unpooled driver connection to the same server as *alias*."""
     conf = connections[alias].settings_dict

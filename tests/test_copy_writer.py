@@ -20,6 +20,7 @@ import pytest
 from django.db import connections
 
 import djpoolapp
+from tests.conftest import closed_connection_error
 from tests.modes import pool_mode  # noqa: F401  (every test, both modes)
 from tests.testapp.models import Item
 
@@ -147,7 +148,9 @@ def test_queued_writer__refused_once_the_request_ended(psycopg3, one_connection)
     connection.ensure_connection()
     raw = connection.connection
     connection.close()
-    with pytest.raises(psycopg3.InterfaceError, match="went back to the pool"):
+    with pytest.raises(
+        closed_connection_error(psycopg3), match="went back to the pool"
+    ):
         _copy_rows(raw, ["stale"], QueuedLibpqWriter)
     assert Item.objects.using(ALIAS).filter(name="stale").count() == 0
 

@@ -768,6 +768,52 @@ def test_session_value__statement_that_sets_one_on_purpose_pins(alias):
         assert status(alias).checked_out == 0
 
 
+#: MariaDB's sequences: a setter and the reader of its value in this session.
+MARIADB_SEQUENCE = [
+    ("SELECT NEXTVAL(djpool_seq)", "SELECT LASTVAL(djpool_seq)"),
+    ("SELECT NEXT VALUE FOR djpool_seq", "SELECT PREVIOUS VALUE FOR djpool_seq"),
+    ("SELECT NEXTVAL(djpool_seq)", "SELECT PREVIOUS VALUE FOR djpool_seq"),
+]
+
+
+@pytest.mark.parametrize("alias", _pin_params(("mysql",)))
+@pytest.mark.parametrize(
+    "setter, reader", MARIADB_SEQUENCE, ids=["nextval", "next-value-for", "mixed"]
+)
+def test_session_value__mariadb_sequence_value_pins(alias, setter, reader):
+    """An adversarial review: MariaDB's ``NEXTVAL(seq)`` / ``NEXT VALUE FOR
+    seq`` were not seen as setting a value for a later statement, so
+    ``LASTVAL(seq)`` / ``PREVIOUS VALUE FOR seq`` in a later statement group
+    read the value another request drew on the same session meanwhile
+    (silently; stock Django reads its own).  They pin, as ``nextval()`` does
+    on PostgreSQL: the other request waits, the reader gets its own value."""
+    connection = connections[alias]
+    if not connection.mysql_is_mariadb:
+        pytest.skip("MariaDB's sequences")
+    _run(alias, "CREATE SEQUENCE IF NOT EXISTS djpool_seq")
+    connection.close()
+    try:
+        with transaction_mode(alias, timeout=10) as pins:
+            (value,) = _run(alias, setter)
+            assert pins() == 1 and held(alias)
+            drawn: list[Any] = []
+            other = threading.Thread(
+                target=in_thread, args=(lambda: drawn.append(_run(alias, setter)),)
+            )
+            other.start()
+            time.sleep(0.2)
+            assert status(alias).waiting == 1  # the other request waits
+            (read,) = _run(alias, reader)
+            assert read == value
+            connection.close()  # the end of the request: the waiter gets it
+            other.join(10)
+            assert not other.is_alive()
+            assert drawn and drawn[0][0] != value
+    finally:
+        _run(alias, "DROP SEQUENCE IF EXISTS djpool_seq")
+        connection.close()
+
+
 #: A session change made through a raw handle, and how to read it back.
 RAW_CHANGE = {
     "postgresql": ("SET application_name = 'raw_handle'", "SHOW application_name"),

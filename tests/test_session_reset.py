@@ -278,3 +278,47 @@ def test_server_side_cursor__its_statement_changes_are_reset(one_connection):
     assert session == first  # one connection: the same session
     assert "djpool_evil" not in search_path
     assert locks == 0
+
+
+#: (kind, statement, check after, value in a fresh session): changes that no
+#: reset statement undoes (sql.CLOSE_TO_RESET): the checkin closes the session.
+POSTGRES_CLOSE_CASES = [
+    # A fresh session's random() is seeded afresh: the first value of the
+    # seed-0.5 sequence comes back once in about 10^6 sessions.
+    ("setseed", "SELECT setseed(0.5)",
+     "SELECT round(random()::numeric, 6) = 0.985168", False),
+    ("setseed_qualified", "SELECT pg_catalog.setseed(%s)",
+     "SELECT round(random()::numeric, 6) = 0.985168", False),
+    # A temporary slot (the third argument given positionally) lives as
+    # long as its session; DISCARD ALL keeps it.
+    ("temporary_replication_slot",
+     "SELECT pg_create_physical_replication_slot('djpool_slot', false, true)",
+     "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'djpool_slot'",
+     0),
+]  # fmt: skip
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "kind, change, check, fresh",
+    POSTGRES_CLOSE_CASES,
+    ids=[c[0] for c in POSTGRES_CLOSE_CASES],
+)
+def test_reset_session__postgres_closes_what_no_reset_undoes(
+    kind, change, check, fresh
+):
+    """An adversarial review found ``setseed()`` survive ``DISCARD ALL``
+    (the next request's ``random()`` was predictable) and a temporary
+    replication slot too (the next request's identical call failed with
+    "already exists"); stock Django's next request has a new session."""
+    connection = connections["default"]
+    connection.close()
+    sid = session_id("default")
+    with connection.cursor() as cursor:
+        cursor.execute(change, [0.5] if "%s" in change else None)
+    connection.close()
+    assert wait_session_gone("default", sid)
+    assert session_id("default") != sid
+    with connection.cursor() as cursor:
+        cursor.execute(check)
+        assert cursor.fetchone()[0] == fresh

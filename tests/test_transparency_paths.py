@@ -13,7 +13,7 @@ import pytest
 from django.db import connections, transaction
 
 import djpoolapp
-from tests.conftest import ALIASES, driver_module
+from tests.conftest import ALIASES, closed_connection_error, driver_module
 from tests.modes import pool_mode  # noqa: F401  (every test, both modes)
 from tests.test_transparency import in_thread, session_id
 from tests.testapp.models import Item
@@ -57,7 +57,7 @@ def test_stale_raw_handle__of_another_thread_never_acts_on_the_holder(
         else:
             stored.commit()
         seen.append(None)
-    except driver_module(alias).InterfaceError as error:
+    except closed_connection_error(driver_module(alias)) as error:
         seen.append(error)
     finally:
         release.set()

@@ -310,7 +310,17 @@ POSTGRES = [
     ("SELECT pg_catalog.set_config('a', 'b', false)", L("set")),
     ("SELECT set_config('a', 'b', $1)", L("set")),
     ("SELECT set_config('a', 'b', 'false')", L("set")),
-    ("SELECT setseed(0.5)", L("set")),
+    ("SELECT setseed(0.5)", L("random_seed")),
+    ("SELECT pg_catalog.setseed($1)", L("random_seed")),
+    (
+        "SELECT pg_create_physical_replication_slot('s', false, true)",
+        L("replication_slot"),
+    ),
+    (
+        "SELECT * FROM pg_create_logical_replication_slot('s', 'test_decoding', true)",
+        L("replication_slot"),
+    ),
+    ("SELECT pg_copy_physical_replication_slot('a', 'b', true)", L("replication_slot")),
     ("SELECT set_limit(0.5)", L("set")),
     ("EXPLAIN ANALYZE SELECT set_config('a', 'b', false)", L("set")),
     ("SET ROLE NONE", L("role")),
@@ -534,7 +544,10 @@ def test_classify__remembers_recent_answers_within_bounds(monkeypatch):
         ("mysql", b"SELECT LAST_INSERT_ID()", True),
         ("mysql", "SELECT 'LAST_INSERT_ID()'", False),
         ("mysql", "SELECT 1 # FOUND_ROWS()", False),
-        ("mysql", "SELECT lastval()", False),  # PostgreSQL's
+        ("mysql", "SELECT LASTVAL(s)", True),  # MariaDB's sequences
+        ("mysql", "SELECT PREVIOUS VALUE FOR s", True),
+        ("mysql", "SELECT previous  value\n for s", True),
+        ("mysql", "SELECT previous_value FROM t", False),
     ],
 )
 def test_reads_session_value(vendor, statement, reads):
@@ -559,6 +572,11 @@ def test_reads_session_value(vendor, statement, reads):
         ("mysql", "SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1", True),
         ("mysql", "SELECT LAST_INSERT_ID()", False),
         ("mysql", "INSERT INTO t (a) VALUES (1)", False),
+        ("mysql", "SELECT NEXTVAL(s)", True),  # MariaDB's sequences
+        ("mysql", "SELECT NEXT VALUE FOR s", True),
+        ("mysql", "SELECT SETVAL(s, 10)", True),
+        ("mysql", "SELECT LASTVAL(s)", False),
+        ("mysql", "SELECT next_value, value FROM t", False),
     ],
 )
 def test_sets_session_value(vendor, statement, sets):
@@ -615,6 +633,10 @@ def test_session_value__unknown_vendor_raises():
         ("mysql", "SELECT @@`warning_count`", "reads_diagnostics"),
         ("mysql", "SELECT errors, warnings FROM t", ""),
         ("mysql", "SELECT 1 -- LAST_INSERT_ID()", ""),
+        ("mysql", "SELECT NEXTVAL(s)", "pins sets_id"),
+        ("mysql", "SELECT NEXT VALUE FOR s", "pins sets_id"),
+        ("mysql", "SELECT LASTVAL(s), PREVIOUS VALUE FOR s", "reads_id"),
+        ("mysql", "SELECT 'NEXT VALUE FOR s'", ""),
     ],
 )
 def test_session_value_use(vendor, statement, expected):
