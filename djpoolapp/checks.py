@@ -18,6 +18,13 @@ W007       djorm-ext-pool's ``DJORM_POOL_OPTIONS`` are still set (apps.py)
 
 Only E001 reads the options raw: the other checks assume valid options and
 stay silent when they are not, so one mistake is reported once.
+
+E001 and W001 never show in a ``manage.py check`` run: ``AppConfig.ready()``
+raises ``ImproperlyConfigured`` for invalid options (``conf.get_config()``)
+and for ``CONN_MAX_AGE`` != 0 on a pooled alias
+(``pool.refuse_persistent_connections()``) before any check runs.  They
+report settings changed after start-up (a test's ``override_settings``, then
+``run_checks()``).
 """
 
 from __future__ import annotations
@@ -65,8 +72,9 @@ def _raw_options() -> tuple[Any, str] | None:
 def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E001: every problem in ``DJPOOL_OPTIONS`` at once, one error each.
 
-    Startup stops at the same problems (``ImproperlyConfigured``); the check
-    lists all of them, so that one ``manage.py check`` fixes the lot.
+    Start-up stops at the same problems first (``ImproperlyConfigured``, all
+    of them in one message), so this check reports only options changed
+    after start-up.
     """
     found = _raw_options()
     if found is None:
@@ -81,6 +89,10 @@ def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 @register(TAG)
 def check_conn_max_age(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """W001: persistent connections defeat the pool.
+
+    Start-up refuses them first (``ImproperlyConfigured`` from
+    ``pool.refuse_persistent_connections()``), so this check reports only a
+    ``CONN_MAX_AGE`` changed after start-up.
 
     With ``CONN_MAX_AGE`` > 0 (or None) Django keeps each thread's connection
     checked out between requests: the pool can no longer share connections
