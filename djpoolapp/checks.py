@@ -14,6 +14,8 @@ W005       an alias's ENGINE is a third-party pool (django-db-connection-pool,
 W006       a ``DATABASES`` entry still has django-db-connection-pool's
            ``POOL_OPTIONS``, which djpoolapp ignores
 W007       djorm-ext-pool's ``DJORM_POOL_OPTIONS`` are still set (apps.py)
+W008       a pooled alias's ``DATABASES[alias]["OPTIONS"]`` holds pool options
+           (``pool_size``, ...), which go to the driver, not to the pool
 ========== ============================================================
 
 Only E001 reads the options raw: the other checks assume valid options and
@@ -360,6 +362,59 @@ def check_leftover_pool_options(
                 f"{translated!r} (djpoolapp's option names are lower-case) and "
                 f"remove DATABASES['{alias}']['POOL_OPTIONS'].",
                 id="djpoolapp.W006",
+            )
+        )
+    return messages
+
+
+#: Keys of ``OPTIONS`` that share a pool option's name but are the driver's
+#: own, by vendor: ``sqlite3.connect(timeout=...)`` is SQLite's busy timeout.
+DRIVER_OWN_KEYS = {"sqlite": frozenset({"timeout"})}
+
+
+@register(TAG)
+def check_pool_options_in_database_options(
+    app_configs: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W008: pool options put in ``DATABASES[alias]['OPTIONS']``.
+
+    Django passes ``OPTIONS`` to the driver's ``connect()``, which refuses an
+    argument it does not know (psycopg: "invalid connection option",
+    mysqlclient and sqlite3: ``TypeError``), so the alias cannot connect, and
+    djpoolapp never reads them there.  Matched case-insensitively against
+    djpoolapp's option names (``POOL_SIZE`` too); Django's and the drivers'
+    own keys (``pool``, ``isolation_level``, SQLite's ``timeout`` ...) are
+    not reported.  Only aliases djpoolapp pools: an alias on Django's own
+    pool is W002's, one opted out or on a third-party pool is not
+    djpoolapp's to advise.
+    """
+    pooled = _pooled_aliases() or {}
+    if not pooled:
+        return []
+    setting = conf.get_config().setting
+    messages: list[CheckMessage] = []
+    for alias, backend in pooled.items():
+        options = settings.DATABASES[alias].get("OPTIONS") or {}
+        own = DRIVER_OWN_KEYS.get(getattr(backend, "vendor", ""), frozenset())
+        misplaced = {
+            key: value
+            for key, value in options.items()
+            if isinstance(key, str) and key.lower() in conf.OPTIONS and key not in own
+        }
+        if not misplaced:
+            continue
+        names = ", ".join(f"'{key}'" for key in misplaced)
+        moved = {key.lower(): value for key, value in misplaced.items()}
+        messages.append(
+            Warning(
+                f"DATABASES['{alias}']['OPTIONS'] has djpoolapp's pool "
+                f"option(s) {names}: OPTIONS go to the database driver, which "
+                "refuses arguments it does not know (connecting fails), and "
+                "djpoolapp does not read them there.",
+                hint=f"Move them into {setting}['aliases']['{alias}'] "
+                f"({moved!r}, with any options it already has) and remove them "
+                f"from DATABASES['{alias}']['OPTIONS'].",
+                id="djpoolapp.W008",
             )
         )
     return messages

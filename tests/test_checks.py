@@ -235,3 +235,71 @@ def test_w004__closes_the_connection_it_opened(alias):
     with override_settings(DJPOOL_OPTIONS={"aliases": {alias: {"pool_size": 10_000}}}):
         assert len(checks.check_max_connections(databases=[alias])) == 1
     assert connections[alias].connection is None
+
+
+# -- W008: pool options in DATABASES[alias]["OPTIONS"] -------------------------
+@pytest.mark.postgres
+def test_w008__pool_options_in_database_options(monkeypatch):
+    options = {
+        **settings.DATABASES["default"]["OPTIONS"],  # application_name: the driver's
+        "pool_size": 5,
+        "MAX_OVERFLOW": 2,
+        "timeout": 3,  # psycopg has no 'timeout' (libpq's is connect_timeout)
+        "isolation_level": None,  # Django's own
+    }
+    monkeypatch.setitem(settings.DATABASES["default"], "OPTIONS", options)
+    assert checks.check_pool_options_in_database_options() == [
+        Warning(
+            "DATABASES['default']['OPTIONS'] has djpoolapp's pool option(s) "
+            "'pool_size', 'MAX_OVERFLOW', 'timeout': OPTIONS go to the database "
+            "driver, which refuses arguments it does not know (connecting fails), "
+            "and djpoolapp does not read them there.",
+            hint="Move them into DJPOOL_OPTIONS['aliases']['default'] "
+            "({'pool_size': 5, 'max_overflow': 2, 'timeout': 3}, with any options "
+            "it already has) and remove them from "
+            "DATABASES['default']['OPTIONS'].",
+            id="djpoolapp.W008",
+        )
+    ]
+    messages = run_checks(tags=["djpoolapp"], databases=[])  # registered
+    assert [message.id for message in messages] == ["djpoolapp.W008"]
+
+
+def test_w008__sqlite_timeout_is_sqlite3s_own(monkeypatch):
+    monkeypatch.setitem(
+        settings.DATABASES["lite"], "OPTIONS", {"timeout": 20, "pool_size": 2}
+    )
+    with override_settings(DJPOOL_OPTIONS={"aliases": {"lite": {}}}):
+        messages = checks.check_pool_options_in_database_options()
+    assert [(message.id, message.msg.split(":")[0]) for message in messages] == [
+        (
+            "djpoolapp.W008",
+            "DATABASES['lite']['OPTIONS'] has djpoolapp's pool option(s) 'pool_size'",
+        )
+    ]
+
+
+@pytest.mark.postgres
+def test_w008__silent_on_djangos_keys_and_aliases_djpoolapp_leaves_alone(monkeypatch):
+    # Django's own keys on a pooled alias: nothing to report.
+    own = {"isolation_level": None, "server_side_binding": False, "pool": False}
+    monkeypatch.setitem(settings.DATABASES["default"], "OPTIONS", own)
+    assert checks.check_pool_options_in_database_options() == []
+    # An alias on Django's own pool (W002 reports it) or opted out: not
+    # djpoolapp's options, whatever its OPTIONS hold.
+    native = {"pool": {"min_size": 2, "max_size": 4, "timeout": 10}, "pool_size": 5}
+    monkeypatch.setitem(settings.DATABASES["default"], "OPTIONS", native)
+    assert checks.check_pool_options_in_database_options() == []
+    monkeypatch.setitem(settings.DATABASES["default"], "OPTIONS", {"pool_size": 5})
+    with override_settings(DJPOOL_OPTIONS={"aliases": {"default": False}}):
+        assert checks.check_pool_options_in_database_options() == []
+    # An unpooled SQLite alias (not named in aliases).
+    monkeypatch.setitem(settings.DATABASES["lite"], "OPTIONS", {"pool_size": 5})
+    with override_settings(DJPOOL_OPTIONS={"aliases": {"default": False}}):
+        assert checks.check_pool_options_in_database_options() == []
+
+
+def test_w008__silent_on_bad_djpool_options(monkeypatch):
+    monkeypatch.setitem(settings.DATABASES["lite"], "OPTIONS", {"pool_size": 5})
+    with override_settings(DJPOOL_OPTIONS={"aliases": {"lite": {}}, "pool_sise": 1}):
+        assert checks.check_pool_options_in_database_options() == []  # E001's
