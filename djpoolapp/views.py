@@ -11,8 +11,10 @@ Requirements (those of any site with a login, not ``django.contrib.admin``):
 and a ``DjangoTemplates`` engine with ``APP_DIRS`` (or the app directories
 loader).  Active staff users only; everyone else gets 403, never a redirect
 (a monitoring probe would rather see a plain refusal): the HTML page's 403
-links to ``settings.LOGIN_URL`` with ``?next=``, ``status.json`` answers
-its errors in JSON.
+links to ``settings.LOGIN_URL`` with ``?next=``, or, when this site does not
+serve that URL (Django's default ``/accounts/login/`` in a fresh
+``startproject``), to the admin's login if its URLs are included, and says
+so and how to set ``LOGIN_URL``; ``status.json`` answers its errors in JSON.
 
 The pool figures are those of the process that serves the request: pools
 are per process, so behind several workers each refresh may come from
@@ -32,13 +34,14 @@ import os
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import render, resolve_url
+from django.urls import NoReverseMatch, Resolver404, get_script_prefix, resolve, reverse
 from django.utils.html import format_html
 from django.views.decorators.cache import never_cache
 
@@ -105,11 +108,65 @@ DEFAULT_REFRESH = 2.0
 REFRESH_RANGE = (0.5, 60.0)
 
 
-def _login_url(request: HttpRequest) -> str:
-    """``settings.LOGIN_URL`` (a URL or a URL name) with ``?next=`` this page."""
-    url = resolve_url(settings.LOGIN_URL)
+def _served_here(url: str) -> bool:
+    """Whether *url* is a page of this site's URLconf (or elsewhere: trusted).
+
+    An absolute URL (another host, a single sign-on server) and a path
+    outside this site's script prefix cannot be checked, and count as served.
+    """
+    parts = urlsplit(url)
+    if parts.scheme or parts.netloc:
+        return True
+    prefix = get_script_prefix()
+    if not parts.path.startswith(prefix):
+        return True
+    try:
+        resolve("/" + parts.path[len(prefix) :])
+    except Resolver404:
+        return False
+    return True
+
+
+def _login(request: HttpRequest) -> tuple[str | None, str]:
+    """Where to log in, with ``?next=`` this page, and what to say about it.
+
+    ``settings.LOGIN_URL`` (a URL or a URL name) when this site serves it;
+    otherwise the admin's login (``admin:login``) when the admin's URLs are
+    included; otherwise None.  The text is empty when ``LOGIN_URL`` is used,
+    else it says why it is not and how to log in.  Django's default
+    ``LOGIN_URL``, ``/accounts/login/``, has no view in a fresh
+    ``startproject``.
+    """
+    setting = settings.LOGIN_URL
+    try:
+        url: str | None = resolve_url(setting)
+    except NoReverseMatch:
+        url = None  # a URL name this site does not have
+    if url is not None and _served_here(url):
+        note = ""
+    else:
+        shown = f" ({setting!r})" if isinstance(setting, str) else ""
+        note = f"settings.LOGIN_URL{shown} is not a page of this site"
+        try:
+            url = reverse("admin:login")
+        except NoReverseMatch:
+            url = None
+            note += (
+                ", so there is no login link. Set LOGIN_URL to your login page "
+                "(with django.contrib.admin installed and its URLs included: "
+                "LOGIN_URL = 'admin:login', i.e. /admin/login/), or log in as "
+                "a staff user on your login page first and reload this page"
+            )
+        else:
+            note += (
+                f": the link goes to the admin's login ({url}) instead. Set "
+                "LOGIN_URL to your login page (or to 'admin:login') to link "
+                "there without this note"
+            )
+    if url is None:
+        return None, note
     separator = "&" if "?" in url else "?"
-    return f"{url}{separator}{urlencode({'next': request.get_full_path()})}"
+    return f"{url}{separator}{urlencode({'next': request.get_full_path()})}", note
 
 
 def _refuse(request: HttpRequest, as_json: bool) -> HttpResponse:
@@ -121,14 +178,24 @@ def _refuse(request: HttpRequest, as_json: bool) -> HttpResponse:
         if signed_in
         else "you are not logged in"
     )
+    login_url, note = _login(request)
     if as_json:
-        return JsonResponse(
-            {
-                "error": f"djpoolapp's pool status is for staff users: {reason}.",
-                "login_url": _login_url(request),
-            },
-            status=403,
+        body: dict[str, Any] = {
+            "error": f"djpoolapp's pool status is for staff users: {reason}.",
+            "login_url": login_url,
+        }
+        if note:
+            body["login_help"] = f"{note}."
+        return JsonResponse(body, status=403)
+    link = (
+        format_html(
+            '<p><a id="djpool-login" href="{}">Log in as a staff user</a></p>',
+            login_url,
         )
+        if login_url is not None
+        else ""
+    )
+    help_text = format_html('<p id="djpool-login-help">{}.</p>', note) if note else ""
     return HttpResponseForbidden(
         format_html(
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -137,10 +204,10 @@ def _refuse(request: HttpRequest, as_json: bool) -> HttpResponse:
             "<title>403 · Database connection pools</title></head>"
             '<body style="font: 15px/1.5 system-ui, sans-serif; margin: 2rem">'
             "<h1>Staff only</h1><p>The pool status page is for staff users: {}.</p>"
-            '<p><a id="djpool-login" href="{}">Log in as a staff user</a></p>'
-            "</body></html>",
+            "{}{}</body></html>",
             reason,
-            _login_url(request),
+            link,
+            help_text,
         )
     )
 

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
+from django.contrib.auth.views import LoginView
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.test import Client
+from django.urls import include, path
 
 import djpoolapp
 from djpoolapp.pool import registry
@@ -81,18 +83,88 @@ def test_status_page__anonymous_html_403_links_to_login(settings):
 
 
 def test_status_json__errors_are_json(settings, django_user_model):
-    settings.LOGIN_URL = "/login/"
+    settings.LOGIN_URL = "login"  # a URL name (tests.status_urls)
     response = Client().get(JSON)
     assert response.status_code == 403
     assert response["Content-Type"] == "application/json"
     assert response.json() == {
         "error": "djpoolapp's pool status is for staff users: you are not logged in.",
-        "login_url": "/login/?next=%2Fpool%2Fstatus.json",
+        "login_url": "/accounts/login/?next=%2Fpool%2Fstatus.json",
     }
     client = Client()
     client.force_login(django_user_model.objects.create_user("clerk"))
     refused = client.get(JSON).json()
     assert refused["error"].endswith("your account is not an active staff account.")
+
+
+class FreshProjectURLConf:
+    """A fresh ``startproject`` with the page mounted: no login page at
+    Django's default ``LOGIN_URL`` (``/accounts/login/``), no admin."""
+
+    urlpatterns = [path("pool/", include("djpoolapp.urls"))]
+
+
+class AdminURLConf:
+    """The same with the admin's login, named as ``admin.site.urls`` names
+    it (``admin:login``; the tests do not install django.contrib.admin)."""
+
+    urlpatterns = [
+        path("pool/", include("djpoolapp.urls")),
+        path(
+            "admin/",
+            include(([path("login/", LoginView.as_view(), name="login")], "admin")),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("login_url", ["/accounts/login/", "nameless"])
+def test_status_page__403_without_a_login_page_says_how_to_log_in(settings, login_url):
+    settings.ROOT_URLCONF = FreshProjectURLConf
+    settings.LOGIN_URL = login_url  # a path this site lacks, an unknown URL name
+    response = Client().get(PAGE)
+    assert response.status_code == 403
+    html = response.content.decode()
+    assert 'id="djpool-login"' not in html  # no link that would 404
+    help_text = (
+        f"settings.LOGIN_URL (&#x27;{login_url}&#x27;) is not a page of this "
+        "site, so there is no login link. Set LOGIN_URL to your login page (with "
+        "django.contrib.admin installed and its URLs included: LOGIN_URL = "
+        "&#x27;admin:login&#x27;, i.e. /admin/login/), or log in as a staff user "
+        "on your login page first and reload this page."
+    )
+    assert f'<p id="djpool-login-help">{help_text}</p>' in html
+    body = Client().get(JSON).json()
+    assert body["login_url"] is None
+    assert body["login_help"] == help_text.replace("&#x27;", "'")
+
+
+def test_status_page__403_links_to_the_admin_login_without_a_login_page(settings):
+    settings.ROOT_URLCONF = AdminURLConf  # LOGIN_URL: Django's /accounts/login/
+    response = Client().get(PAGE + "?refresh=5")
+    assert response.status_code == 403
+    html = response.content.decode()
+    assert (
+        '<a id="djpool-login" href="/admin/login/?next=%2Fpool%2F%3Frefresh%3D5">'
+        in html
+    )
+    assert (
+        "settings.LOGIN_URL (&#x27;/accounts/login/&#x27;) is not a page of this "
+        "site: the link goes to the admin&#x27;s login (/admin/login/) instead."
+    ) in html
+    body = Client().get(JSON).json()
+    assert body["login_url"] == "/admin/login/?next=%2Fpool%2Fstatus.json"
+    assert body["login_help"].startswith("settings.LOGIN_URL ('/accounts/login/')")
+
+
+def test_status_page__403_trusts_a_login_url_on_another_host(settings):
+    settings.ROOT_URLCONF = FreshProjectURLConf
+    settings.LOGIN_URL = "https://sso.example.com/login"
+    html = Client().get(PAGE).content.decode()
+    assert (
+        '<a id="djpool-login" href="https://sso.example.com/login?next=%2Fpool%2F">'
+        in html
+    )
+    assert "djpool-login-help" not in html
 
 
 def test_status_page__app_removed_but_urls_kept_tells_the_truth(staff_client, settings):
