@@ -48,6 +48,38 @@ class BenchError(Exception):
     """A measurement could not be made; the message says which alias and why."""
 
 
+class LineProgress:
+    """A :data:`Progress` for a terminal: one line, rewritten in place.
+
+    Each report overwrites the line (carriage return, then the ANSI "erase to
+    the end of the line", ``ESC [ K``) instead of adding one, and
+    :meth:`clear` erases it, so that nothing of it is left above what is
+    printed next: a last "181/200 requests" read after the results would look
+    like lost requests.  Only for a terminal (``isatty()``): in a pipe or a
+    file the carriage returns and escapes would pile up as text, and nobody
+    watches the progress there, so ``djpool bench`` reports none.
+
+    *write* takes text without adding a newline; *flush* pushes it out.
+    """
+
+    def __init__(self, write: Callable[[str], object], flush: Callable[[], object]):
+        self._write = write
+        self._flush = flush
+        self.shown = False
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        self._write(f"\r  {label}: {done}/{total} requests\x1b[K")
+        self._flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        """Erase the line, if a report is on it; the cursor stays at its start."""
+        if self.shown:
+            self._write("\r\x1b[K")
+            self._flush()
+            self.shown = False
+
+
 def _redact(text: str, alias: str) -> str:
     """Driver messages do not quote passwords, but make sure of it."""
     password = connections.settings[alias].get("PASSWORD") or ""

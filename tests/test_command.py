@@ -328,6 +328,36 @@ def test_bench__progress_lines_on_long_runs(monkeypatch):
     assert all(0 <= done <= total == 60 for _, done, total in calls)
 
 
+class Terminal(StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.postgres
+def test_bench__progress_on_a_terminal_is_erased_before_the_table(monkeypatch):
+    monkeypatch.setattr(bench, "PROGRESS_EVERY", 0.0)
+    out, err = StringIO(), Terminal()
+    call_command("djpool", "bench", "--requests", "60", stdout=out, stderr=err)
+    progress = err.getvalue()
+    assert "\r  without pool: " in progress
+    assert "\n" not in progress  # one line, rewritten in place
+    assert progress.endswith("/60 requests\x1b[K\r\x1b[K")  # then erased
+    assert "\x1b[31" not in progress  # not styled as an error
+    assert bench_table(out.getvalue())["without pool"][3] == "60"
+
+
+@pytest.mark.postgres
+def test_bench__no_progress_when_stderr_is_not_a_terminal(monkeypatch):
+    """Piped or redirected: a last "181/200 requests" line read after the
+    table looked like lost requests."""
+    monkeypatch.setattr(bench, "PROGRESS_EVERY", 0.0)
+    out, err = djpool("bench", "--requests", "60")
+    assert err == ""
+    assert bench_table(out)["with pool"][3] == "1"
+
+
 @pytest.mark.postgres
 def test_bench__works_with_a_strict_project_setup():
     strict = {

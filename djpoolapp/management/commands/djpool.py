@@ -14,7 +14,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from djpoolapp.bench import BenchError, BenchResult, CheckReport, check_alias, run_bench
+from djpoolapp.bench import (
+    BenchError,
+    BenchResult,
+    CheckReport,
+    LineProgress,
+    check_alias,
+    run_bench,
+)
 from djpoolapp.pool import pooled_backends
 from djpoolapp.status import (
     ServerView,
@@ -288,14 +295,22 @@ class Command(BaseCommand):
 
     # -- bench -----------------------------------------------------------------
     def bench(self, alias: str, requests: int, threads: int, verbosity: int) -> None:
-        def progress(label: str, done: int, total: int) -> None:
-            if verbosity:
-                self.stderr.write(f"  {label}: {done}/{total} requests")
-
+        # Progress only on a terminal, on one line erased before the table.
+        progress = (
+            LineProgress(
+                lambda text: self.stderr.write(text, str, ending=""),
+                self.stderr.flush,
+            )
+            if verbosity and self.stderr.isatty()
+            else None
+        )
         try:
             result = run_bench(alias, requests, threads, progress)
         except BenchError as error:
             raise CommandError(f"djpool bench: {error}") from None
+        finally:
+            if progress is not None:
+                progress.clear()
         self._print_bench(result)
 
     def _print_bench(self, result: BenchResult) -> None:
