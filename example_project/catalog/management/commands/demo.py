@@ -52,6 +52,12 @@ COUNT_SQL = {
     "WHERE DB = DATABASE() AND ID <> CONNECTION_ID() AND ID <> %s",
 }
 
+#: Whether one session (by pg_backend_pid() / CONNECTION_ID()) is listed.
+LISTED_SQL = {
+    "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+    "mysql": "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s",
+}
+
 
 class Monitor:
     """An unpooled driver connection counting the sessions on *alias*'s database."""
@@ -73,6 +79,21 @@ class Monitor:
         try:
             cursor.execute(COUNT_SQL[self.vendor], [self.exclude])
             return int(cursor.fetchone()[0])
+        finally:
+            cursor.close()
+
+    def wait_gone(self, session: Any, seconds: float = 2.0) -> None:
+        """Wait until the server no longer lists *session*, which its client
+        has closed: the server ends a session a moment after its client
+        hangs up (longer on a busy machine), and it is not open any more."""
+        deadline = time.monotonic() + seconds
+        cursor = self.conn.cursor()
+        try:
+            while time.monotonic() < deadline:
+                cursor.execute(LISTED_SQL[self.vendor], [session])
+                if not int(cursor.fetchone()[0]):
+                    return
+                time.sleep(0.005)
         finally:
             cursor.close()
 
@@ -196,7 +217,9 @@ class Command(BaseCommand):
         close_request_connections()
         try:
             patch.uninstall()
-            without = self.phase(handler, "without djpoolapp", requests, monitors)
+            without = self.phase(
+                handler, "without djpoolapp", requests, monitors, closed=True
+            )
         finally:
             close_request_connections()
             if pooled:
@@ -204,7 +227,7 @@ class Command(BaseCommand):
         djpoolapp.dispose()  # start from empty pools: the first request connects
         with_pool = self.phase(
             handler, "with djpoolapp" if pooled else "again (djpoolapp not active)",
-            requests, monitors,
+            requests, monitors, closed=not pooled,
         )  # fmt: skip
         self.summary(without, with_pool, monitors)
 
@@ -232,7 +255,11 @@ class Command(BaseCommand):
         label: str,
         requests: int,
         monitors: dict[str, Monitor],
+        closed: bool = False,
     ) -> Phase:
+        """*requests* requests; *closed*: Django closes each request's
+        sessions (no pool), which are counted once the server has ended
+        them."""
         result = Phase(label)
         self.stdout.write(f"\n--- {label} ---")
         columns = "".join(f"  {alias + ' open/new':>16}" for alias in monitors)
@@ -243,10 +270,13 @@ class Command(BaseCommand):
             result.times.append(time.perf_counter() - started)
             if status != 200:
                 raise CommandError(f"GET {PATH} answered {status}: {body[:300]!r}")
-            for alias, session in json.loads(body)["sessions"].items():
+            sessions = json.loads(body)["sessions"]
+            for alias, session in sessions.items():
                 result.session_ids[alias].add(session)
             cells = []
             for alias, monitor in monitors.items():
+                if closed and alias in sessions:
+                    monitor.wait_gone(sessions[alias])
                 open_now = monitor.sessions()
                 result.open_after[alias].append(open_now)
                 cells.append(
@@ -279,8 +309,8 @@ class Command(BaseCommand):
             label = f"{alias}: server sessions used"
             used = len(without.session_ids[alias]), len(with_pool.session_ids[alias])
             out(f"  {label:<42}{used[0]:>17}{used[1]:>16}")
-            # The median: a session closed a moment ago may still be
-            # exiting on the server when it is counted.
+            # The median: another client's session may come and go (the
+            # unpooled run waits for each session Django closed to end).
             label = f"{alias}: sessions open between requests"
             typical = [
                 round(statistics.median(phase.open_after[alias]))
