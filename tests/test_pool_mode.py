@@ -744,18 +744,18 @@ def test_session_value__operators_with_an_ampersand_do_not_pin(alias):
         assert pins() == 0 and not held(alias)
 
 
-@pytest.mark.parametrize("alias", ALIASES)
-def test_session_value__statement_that_sets_one_on_purpose_pins(alias):
-    """nextval() / LAST_INSERT_ID(expr) exist for a later statement to read:
-    they pin, so the reader gets the request's value even though another
-    request wants a connection meanwhile (it waits, then gets it)."""
+def _setter_pins(alias: str, setter: str, reader: str, other: str) -> Any:
+    """In a transaction-mode pool of one connection: *setter* pins, so a
+    request on another thread (running *other*) waits; *reader* then reads
+    the setter's value, and the end of the request hands the connection to
+    the waiter.  Returns (the setter's value, the waiter's row)."""
     connection = connections[alias]
-    setter, reader = SETTER[connection.vendor]
     with transaction_mode(alias, timeout=10) as pins:
         (value,) = _run(alias, setter)
         assert pins() == 1 and held(alias)
+        rows: list[Any] = []
         waiting = threading.Thread(
-            target=in_thread, args=(lambda: _run(alias, "SELECT 1"),)
+            target=in_thread, args=(lambda: rows.append(_run(alias, other)),)
         )
         waiting.start()
         time.sleep(0.2)
@@ -766,6 +766,16 @@ def test_session_value__statement_that_sets_one_on_purpose_pins(alias):
         waiting.join(10)
         assert not waiting.is_alive()
         assert status(alias).checked_out == 0
+    return value, rows[0]
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_session_value__statement_that_sets_one_on_purpose_pins(alias):
+    """nextval() / LAST_INSERT_ID(expr) exist for a later statement to read:
+    they pin, so the reader gets the request's value even though another
+    request wants a connection meanwhile (it waits, then gets it)."""
+    setter, reader = SETTER[connections[alias].vendor]
+    _setter_pins(alias, setter, reader, "SELECT 1")
 
 
 #: MariaDB's sequences: a setter and the reader of its value in this session.
@@ -786,29 +796,16 @@ def test_session_value__mariadb_sequence_value_pins(alias, setter, reader):
     ``LASTVAL(seq)`` / ``PREVIOUS VALUE FOR seq`` in a later statement group
     read the value another request drew on the same session meanwhile
     (silently; stock Django reads its own).  They pin, as ``nextval()`` does
-    on PostgreSQL: the other request waits, the reader gets its own value."""
+    on PostgreSQL: the other request (drawing from the sequence too) waits,
+    the reader gets its own value."""
     connection = connections[alias]
     if not connection.mysql_is_mariadb:
         pytest.skip("MariaDB's sequences")
     _run(alias, "CREATE SEQUENCE IF NOT EXISTS djpool_seq")
     connection.close()
     try:
-        with transaction_mode(alias, timeout=10) as pins:
-            (value,) = _run(alias, setter)
-            assert pins() == 1 and held(alias)
-            drawn: list[Any] = []
-            other = threading.Thread(
-                target=in_thread, args=(lambda: drawn.append(_run(alias, setter)),)
-            )
-            other.start()
-            time.sleep(0.2)
-            assert status(alias).waiting == 1  # the other request waits
-            (read,) = _run(alias, reader)
-            assert read == value
-            connection.close()  # the end of the request: the waiter gets it
-            other.join(10)
-            assert not other.is_alive()
-            assert drawn and drawn[0][0] != value
+        value, drawn = _setter_pins(alias, setter, reader, setter)
+        assert drawn[0] != value
     finally:
         _run(alias, "DROP SEQUENCE IF EXISTS djpool_seq")
         connection.close()
