@@ -99,9 +99,11 @@ __all__ = [
     "LABELS",
     "PINS_VALUE",
     "READS_DIAGNOSTICS",
+    "READS_SEQUENCE",
     "READS_ID",
     "READS_PREVIOUS",
     "SETS_ID",
+    "SETS_SEQUENCE",
     "classify",
     "reads_session_value",
     "session_value_use",
@@ -258,8 +260,14 @@ READS_PREVIOUS = 8
 #: Reads the diagnostics area (SHOW WARNINGS / ERRORS, @@warning_count,
 #: @@error_count, GET DIAGNOSTICS), which a checkin may clear.
 READS_DIAGNOSTICS = 16
+#: MariaDB: reads a sequence's last value in this session (LASTVAL(seq),
+#: PREVIOUS VALUE FOR seq), which is not LAST_INSERT_ID()'s.
+READS_SEQUENCE = 32
+#: MariaDB: may draw from a sequence (NEXTVAL(seq), NEXT VALUE FOR seq,
+#: SETVAL(); an INSERT, REPLACE or LOAD DATA, whose column default may).
+SETS_SEQUENCE = 64
 #: Any of the readers (:func:`reads_session_value`).
-READS_VALUE = READS_ID | READS_PREVIOUS | READS_DIAGNOSTICS
+READS_VALUE = READS_ID | READS_PREVIOUS | READS_DIAGNOSTICS | READS_SEQUENCE
 
 #: Any of these words sends a statement to the tokenizer (a cheap filter).
 _VALUE_WORDS = {
@@ -269,20 +277,22 @@ _VALUE_WORDS = {
     "mysql": re.compile(
         r"\b(?:last_insert_id|found_rows|row_count|sql_calc_found_rows|identity"
         r"|warning_count|error_count|warnings|errors|diagnostics|insert|replace"
-        r"|load|nextval|setval|lastval|(?:next|previous)\s+value)\b",
+        r"|load|nextval|setval|lastval|next|previous)\b",
         re.I,
     ),
 }
 _ID_READERS = {
     "postgresql": frozenset({"lastval", "currval"}),
-    # (LAST_INSERT_ID(expr), with an argument, sets it; MariaDB's
-    # LASTVAL(seq) reads a sequence's last value in this session)
-    "mysql": frozenset({"last_insert_id", "lastval"}),
+    # (LAST_INSERT_ID(expr), with an argument, sets it)
+    "mysql": frozenset({"last_insert_id"}),
 }
 _ID_SETTERS = {
     "postgresql": frozenset({"nextval", "setval"}),
-    "mysql": frozenset({"nextval", "setval"}),  # MariaDB's sequences
+    "mysql": frozenset(),
 }
+#: MariaDB's sequences: their values are apart from LAST_INSERT_ID()'s.
+_MARIADB_SEQUENCE_READERS = frozenset({"lastval"})
+_MARIADB_SEQUENCE_SETTERS = frozenset({"nextval", "setval"})
 _PREVIOUS_READERS = frozenset({"found_rows", "row_count"})
 _MYSQL_SESSION_VALUES = {
     "identity": READS_ID,
@@ -355,12 +365,16 @@ def _value_use_of_tokens(vendor: str, tokens: list[Token]) -> int:
         if kind in ("w", "q") and following == ("o", "("):  # a call
             if value in id_readers:
                 argument = tokens[index + 2] if index + 2 < count else ("", "")
-                if mysql and value == "last_insert_id" and argument != ("o", ")"):
+                if mysql and argument != ("o", ")"):
                     use |= PINS_VALUE | SETS_ID  # LAST_INSERT_ID(expr)
                 else:
                     use |= READS_ID
             elif value in id_setters:
                 use |= PINS_VALUE | SETS_ID
+            elif mysql and value in _MARIADB_SEQUENCE_SETTERS:
+                use |= PINS_VALUE | SETS_SEQUENCE
+            elif mysql and value in _MARIADB_SEQUENCE_READERS:
+                use |= READS_SEQUENCE
             elif mysql and value in _PREVIOUS_READERS:
                 use |= READS_PREVIOUS
             continue
@@ -386,11 +400,14 @@ def _value_use_of_tokens(vendor: str, tokens: list[Token]) -> int:
             and following == ("w", "for")
             and previous in (("w", "next"), ("w", "previous"))
         ):  # MariaDB's NEXT VALUE FOR seq, PREVIOUS VALUE FOR seq
-            use |= PINS_VALUE | SETS_ID if previous[1] == "next" else READS_ID
+            use |= (
+                PINS_VALUE | SETS_SEQUENCE if previous[1] == "next" else READS_SEQUENCE
+            )
             continue
         if value in statements and previous[0] == "o" and previous[1] in ";()":
             if value != "load" or following[1] in ("data", "xml"):
-                use |= SETS_ID
+                # (on MariaDB a column default may draw from a sequence)
+                use |= SETS_ID | SETS_SEQUENCE if mysql else SETS_ID
         elif mysql:
             if value == "sql_calc_found_rows":
                 use |= PINS_VALUE

@@ -94,7 +94,9 @@ from .sql import (
     READS_DIAGNOSTICS,
     READS_ID,
     READS_PREVIOUS,
+    READS_SEQUENCE,
     SETS_ID,
+    SETS_SEQUENCE,
     _memo,
     _value_memo,
     classify,
@@ -346,12 +348,25 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
         last = db._djpool_last_statement
         if use & READS_ID:
             _check_value(db, db._djpool_id_source, (lease, epoch), text)
+        if use & READS_SEQUENCE:
+            _check_value(db, db._djpool_sequence_source, (lease, epoch), text)
         if use & READS_PREVIOUS:
             _check_value(db, last and last[:2], (lease, epoch), text)
         if use & READS_DIAGNOSTICS:
             _check_value(db, last, (lease, epoch, cleared), text)
+        now = (lease, epoch)
         if use & SETS_ID:
-            db._djpool_id_source = (lease, epoch)
+            db._djpool_id_source = now
+        if use & SETS_SEQUENCE:
+            # MariaDB's sequence values are per sequence: an INSERT (which
+            # may draw from one through a column default, or may not) takes
+            # over as their source only when no earlier possible source on
+            # another session or epoch is recorded, whose value may have
+            # been lost: a later reader must still raise then (a false alarm
+            # at worst).  NEXTVAL() / NEXT VALUE FOR draw for sure (and pin).
+            source = db._djpool_sequence_source
+            if use & PINS_VALUE or source is None or source == now:
+                db._djpool_sequence_source = now
     db._djpool_last_statement = (lease, epoch, cleared)
 
 
@@ -493,6 +508,7 @@ def _wrap_close(original: Any) -> Any:
                 self._djpool_pin = None  # the request (or its owner) ended
                 self._djpool_released = False
                 self._djpool_last_statement = self._djpool_id_source = None
+                self._djpool_sequence_source = None
 
     close._djpool_patched = True  # type: ignore[attr-defined]
     return close
@@ -504,6 +520,7 @@ def _wrap_close_if_unusable_or_obsolete(original: Any) -> Any:
         if self.__dict__.get("connection") is None:
             self._djpool_released = False  # request boundary: nothing to re-take
             self._djpool_last_statement = self._djpool_id_source = None
+            self._djpool_sequence_source = None
         return result
 
     close_if_unusable_or_obsolete._djpool_patched = True  # type: ignore[attr-defined]
@@ -529,6 +546,8 @@ def install() -> None:
     #: ``(lease, lease.epoch)`` of its last statement that may have set the
     #: last generated id (``sql.SETS_ID``).
     _set(base, "_djpool_id_source", None)
+    #: The same for MariaDB's sequence values (``sql.SETS_SEQUENCE``).
+    _set(base, "_djpool_sequence_source", None)
     _set(base, "connect", _wrap_connect(base.connect))
     _set(base, "close", _wrap_close(base.close))
     _set(base, "set_autocommit", _wrap_set_autocommit(base.set_autocommit))

@@ -783,12 +783,18 @@ MARIADB_SEQUENCE = [
     ("SELECT NEXTVAL(djpool_seq)", "SELECT LASTVAL(djpool_seq)"),
     ("SELECT NEXT VALUE FOR djpool_seq", "SELECT PREVIOUS VALUE FOR djpool_seq"),
     ("SELECT NEXTVAL(djpool_seq)", "SELECT PREVIOUS VALUE FOR djpool_seq"),
+    (
+        "SELECT NEXT/* x */VALUE FOR djpool_seq",
+        "SELECT PREVIOUS/**/VALUE FOR djpool_seq",
+    ),
 ]
 
 
 @pytest.mark.parametrize("alias", _pin_params(("mysql",)))
 @pytest.mark.parametrize(
-    "setter, reader", MARIADB_SEQUENCE, ids=["nextval", "next-value-for", "mixed"]
+    "setter, reader",
+    MARIADB_SEQUENCE,
+    ids=["nextval", "next-value-for", "mixed", "comments"],
 )
 def test_session_value__mariadb_sequence_value_pins(alias, setter, reader):
     """An adversarial review: MariaDB's ``NEXTVAL(seq)`` / ``NEXT VALUE FOR
@@ -807,6 +813,72 @@ def test_session_value__mariadb_sequence_value_pins(alias, setter, reader):
         value, drawn = _setter_pins(alias, setter, reader, setter)
         assert drawn[0] != value
     finally:
+        _run(alias, "DROP SEQUENCE IF EXISTS djpool_seq")
+        connection.close()
+
+
+@pytest.mark.parametrize("alias", _pin_params(("mysql",)))
+def test_session_value__mariadb_sequence_draw_does_not_hide_a_lost_id(alias):
+    """Second review of the MariaDB sequence change: a draw from a sequence
+    was taken as setting LAST_INSERT_ID() too (one marker for both), so
+    after another request inserted on the session, ``NEXTVAL(seq)`` made the
+    lost ``LAST_INSERT_ID()`` read as the request's own (silently B's id).
+    On MariaDB they are separate values: the read still raises."""
+    from djpoolapp import SessionValueLost
+
+    connection = connections[alias]
+    if not connection.mysql_is_mariadb:
+        pytest.skip("MariaDB's sequences")
+    _run(alias, "CREATE SEQUENCE IF NOT EXISTS djpool_seq")
+    connection.close()
+    try:
+        with transaction_mode(alias):
+            _insert_raw(alias)
+            in_thread(lambda: _insert_raw(alias))
+            _run(alias, "SELECT NEXTVAL(djpool_seq)")  # pins, draws
+            with pytest.raises(SessionValueLost):
+                _run(alias, "SELECT LAST_INSERT_ID()")
+            connection.close()
+    finally:
+        _run(alias, "DROP SEQUENCE IF EXISTS djpool_seq")
+        connection.close()
+
+
+@pytest.mark.parametrize("alias", _pin_params(("mysql",)))
+def test_session_value__mariadb_sequence_default_draw_lost_raises(alias):
+    """Second review: an INSERT whose column default draws from a sequence
+    (``DEFAULT NEXT VALUE FOR seq``), another request drawing from it on the
+    same session, then an INSERT into an unrelated table: ``PREVIOUS VALUE
+    FOR seq`` read the other request's value silently.  An INSERT takes
+    over as the sequence value's source only when no earlier possible source
+    on another epoch is recorded: the read raises."""
+    from djpoolapp import SessionValueLost
+
+    connection = connections[alias]
+    if not connection.mysql_is_mariadb:
+        pytest.skip("MariaDB's sequences")
+    _run(alias, "CREATE SEQUENCE IF NOT EXISTS djpool_seq")
+    _run(
+        alias,
+        "CREATE TABLE djpool_doc (id bigint DEFAULT NEXT VALUE FOR djpool_seq "
+        "PRIMARY KEY, who varchar(5))",
+    )
+    connection.close()
+    try:
+        with transaction_mode(alias):
+            _run(alias, "INSERT INTO djpool_doc (who) VALUES ('A')")
+            in_thread(lambda: _run(alias, "SELECT NEXTVAL(djpool_seq)"))
+            _insert_raw(alias)  # another table: draws from no sequence
+            with pytest.raises(SessionValueLost):
+                _run(alias, "SELECT PREVIOUS VALUE FOR djpool_seq")
+            connection.close()
+            # Without another request in between, the request's own value.
+            _run(alias, "INSERT INTO djpool_doc (who) VALUES ('A2')")
+            (mine,) = _run(alias, "SELECT MAX(id) FROM djpool_doc")
+            assert _run(alias, "SELECT PREVIOUS VALUE FOR djpool_seq") == (mine,)
+            connection.close()
+    finally:
+        _run(alias, "DROP TABLE IF EXISTS djpool_doc")
         _run(alias, "DROP SEQUENCE IF EXISTS djpool_seq")
         connection.close()
 

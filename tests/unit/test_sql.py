@@ -617,9 +617,9 @@ def test_session_value__unknown_vendor_raises():
         ("mysql", "SELECT @@identity, @@SESSION.last_insert_id", "reads_id"),
         # the manual's sequence idiom sets the id, reads nothing
         ("mysql", "UPDATE seq SET id = LAST_INSERT_ID(id + 10)", "pins sets_id"),
-        ("mysql", "INSERT INTO t VALUES (1)", "sets_id"),
-        ("mysql", "REPLACE INTO t VALUES (1)", "sets_id"),
-        ("mysql", "LOAD DATA INFILE 'x' INTO TABLE t", "sets_id"),
+        ("mysql", "INSERT INTO t VALUES (1)", "sets_id sets_sequence"),
+        ("mysql", "REPLACE INTO t VALUES (1)", "sets_id sets_sequence"),
+        ("mysql", "LOAD DATA INFILE 'x' INTO TABLE t", "sets_id sets_sequence"),
         ("mysql", "SELECT INSERT('abc', 1, 1, 'x'), REPLACE('a', 'b', 'c')", ""),
         ("mysql", "SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1", "pins"),
         ("mysql", "SELECT FOUND_ROWS()", "reads_previous"),
@@ -633,10 +633,14 @@ def test_session_value__unknown_vendor_raises():
         ("mysql", "SELECT @@`warning_count`", "reads_diagnostics"),
         ("mysql", "SELECT errors, warnings FROM t", ""),
         ("mysql", "SELECT 1 -- LAST_INSERT_ID()", ""),
-        ("mysql", "SELECT NEXTVAL(s)", "pins sets_id"),
-        ("mysql", "SELECT NEXT VALUE FOR s", "pins sets_id"),
-        ("mysql", "SELECT LASTVAL(s), PREVIOUS VALUE FOR s", "reads_id"),
+        # MariaDB's sequences: their values are apart from LAST_INSERT_ID()'s
+        ("mysql", "SELECT NEXTVAL(s)", "pins sets_sequence"),
+        ("mysql", "SELECT NEXT VALUE FOR s", "pins sets_sequence"),
+        ("mysql", "SELECT NEXT/**/VALUE -- x\n FOR db.s", "pins sets_sequence"),
+        ("mysql", "SELECT LASTVAL(s), PREVIOUS VALUE FOR s", "reads_sequence"),
+        ("mysql", "SELECT PREVIOUS/* x */VALUE FOR `s`", "reads_sequence"),
         ("mysql", "SELECT 'NEXT VALUE FOR s'", ""),
+        ("mysql", "SELECT next, previous, value FROM t", ""),
     ],
 )
 def test_session_value_use(vendor, statement, expected):
@@ -648,6 +652,8 @@ def test_session_value_use(vendor, statement, expected):
         "sets_id": sql.SETS_ID,
         "reads_previous": sql.READS_PREVIOUS,
         "reads_diagnostics": sql.READS_DIAGNOSTICS,
+        "reads_sequence": sql.READS_SEQUENCE,
+        "sets_sequence": sql.SETS_SEQUENCE,
     }
     want = 0
     for name in expected.split():
