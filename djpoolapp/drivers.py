@@ -17,6 +17,7 @@ import contextlib
 import errno
 import functools
 import os
+import random
 import select
 import sys
 import threading
@@ -942,6 +943,9 @@ def _has_pending_input(fd: int) -> bool:
     return bool(readable)
 
 
+_system_random = random.SystemRandom()
+
+
 class Driver:
     """Base adapter; subclasses cover one DB-API module each."""
 
@@ -1110,6 +1114,12 @@ class Driver:
         Called at checkin, with no transaction open."""
         return False
 
+    def reseed(self, conn: Any) -> None:
+        """After :meth:`reset_session`, when a statement of the checkout may
+        have seeded the session's random number generator (``sql.RESEED_AFTER``,
+        a named cursor, ``reset_session="always"``): seed it from the OS, as
+        a new session's is (one round trip; nothing to do for most servers)."""
+
     def close_server_cursors(self, conn: Any) -> None:
         """Close every server-side cursor of the session (one round trip)."""
 
@@ -1188,10 +1198,18 @@ class PostgresDriver(Driver):
         # SESSION AUTHORIZATION DEFAULT (undoes SET ROLE), DEALLOCATE ALL,
         # CLOSE ALL, UNLISTEN *, advisory locks, temp tables, plan caches.
         # psycopg 3 empties its prepared-statement cache when it sees it.
+        # (It does not reseed random(): see reseed().)
         if not self.restore(conn, snapshot):
             return False  # an attribute that cannot be set back: close it
         self._run_in_autocommit(conn, "DISCARD ALL")
         return True
+
+    def reseed(self, conn: Any) -> None:
+        # A new session's random() is seeded from a strong random source;
+        # after setseed() it is predictable, and DISCARD ALL keeps that.
+        # (One statement: psycopg 3 cannot send DISCARD ALL with it.)
+        seed = _system_random.uniform(-1.0, 1.0)
+        self._run_in_autocommit(conn, f"SELECT setseed({seed!r})")
 
     def close_server_cursors(self, conn: Any) -> None:
         self._run_in_autocommit(conn, "CLOSE ALL")

@@ -84,7 +84,7 @@ from sqlalchemy import exc as sa_exc
 from .deadline import RoundTripTimeout, bounded
 from .exceptions import SessionChanged
 from .signals import connection_checked_in
-from .sql import CLOSE_TO_RESET
+from .sql import CLOSE_TO_RESET, RESEED_AFTER
 
 if TYPE_CHECKING:
     from .pool import AliasPool
@@ -535,6 +535,12 @@ class Lease:
                             with bounded(conn, "session reset"):
                                 if not driver.reset_session(conn, self.snapshot):
                                     reason = "its session cannot be reset in place"
+                                elif (
+                                    self.changed & RESEED_AFTER
+                                    or self.named_cursors
+                                    or mode == "always"
+                                ):
+                                    driver.reseed(conn)
                     elif reset is _CURSORS:
                         with bounded(conn, "close of the server-side cursors"):
                             driver.close_server_cursors(conn)

@@ -47,16 +47,23 @@ Labels (the whole vocabulary; :data:`LABELS`):
     MySQL ``/*! ... */`` and MariaDB ``/*M! ... */`` (their content is
     classified too, as if the server ran it).
 ``random_seed``
-    PostgreSQL ``setseed()``: ``DISCARD ALL`` does not reseed ``random()``,
-    so the connection is closed at checkin (:data:`CLOSE_TO_RESET`).
+    PostgreSQL ``setseed()``: the reset also reseeds ``random()`` from the
+    OS (:data:`RESEED_AFTER`; ``DISCARD ALL`` does not).
 ``replication_slot``
     PostgreSQL ``pg_create_*_replication_slot()`` and
     ``pg_copy_*_replication_slot()``: a temporary slot lives as long as its
-    session, whatever ``DISCARD ALL`` does; closed at checkin too.
+    session, whatever ``DISCARD ALL`` does, so the connection is closed at
+    checkin (:data:`CLOSE_TO_RESET`).
+``replication_origin``
+    PostgreSQL ``pg_replication_origin_session_*()``: a session set up for an
+    origin stays so after ``DISCARD ALL``; closed at checkin.
+``dblink``
+    PostgreSQL ``dblink*()``: named and unnamed dblink connections live in
+    the session (``DISCARD ALL`` keeps them); closed at checkin.
 ``unknown``
     anything else it cannot prove harmless: an unknown statement type,
     ``DO``, ``CALL``, ``EXECUTE``, ``DISCARD``, ``LOAD``, ``HANDLER``,
-    ``KILL``, ``dblink_*()``, unterminated strings or comments.
+    ``KILL``, unterminated strings or comments.
 
 The empty set means: a single statement that neither opens a transaction
 nor changes session state (``SELECT``, ``INSERT``, ``UPDATE``, ``DELETE``,
@@ -96,6 +103,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "CLOSE_TO_RESET",
+    "RESEED_AFTER",
     "LABELS",
     "PINS_VALUE",
     "READS_DIAGNOSTICS",
@@ -128,13 +136,18 @@ LABELS = frozenset(
         "executable_comment",
         "random_seed",
         "replication_slot",
+        "replication_origin",
+        "dblink",
         "unknown",
     }
 )
 
 #: Labels of changes that only ending the server session undoes (no reset
 #: statement does): a checkin after one closes the connection.
-CLOSE_TO_RESET = frozenset({"random_seed", "replication_slot"})
+CLOSE_TO_RESET = frozenset({"replication_slot", "replication_origin", "dblink"})
+#: Labels after which the reset also reseeds the session's random number
+#: generator (``setseed()``, seen or possibly hidden in what cannot be read).
+RESEED_AFTER = frozenset({"random_seed", "unknown"})
 
 HARMLESS: frozenset[str] = frozenset()
 _A = TypeVar("_A")
@@ -791,7 +804,6 @@ _PG_SLOT_FUNCTIONS = frozenset(
         "pg_copy_physical_replication_slot", "pg_copy_logical_replication_slot",
     }
 )  # fmt: skip
-_PG_UNKNOWN_PREFIXES = ("dblink", "pg_replication_origin_session")
 _PG_TRUE = frozenset({"true", "'t'", "'true'", "'y'", "'yes'", "'on'", "'1'"})
 _PG_HARMLESS = _PLAIN | frozenset(
     {
@@ -829,8 +841,10 @@ def _pg_expressions(tokens: list[Token]) -> set[str]:
                 labels.add("replication_slot")
             elif value == "set_config" and not _pg_local_set_config(tokens, index):
                 labels.add("set")
-            elif value.startswith(_PG_UNKNOWN_PREFIXES):
-                labels.add("unknown")
+            elif value.startswith("dblink"):
+                labels.add("dblink")
+            elif value.startswith("pg_replication_origin_session"):
+                labels.add("replication_origin")
         elif value == "pg_settings":
             # UPDATE pg_settings SET setting = ... is a SET (reading it is
             # harmless, but a reset costs less than proving which it is).

@@ -72,6 +72,15 @@ POSTGRES_CASES = [
     ("listen", ["LISTEN djpool_channel"],
      "SELECT count(*) FROM pg_listening_channels()", 0),
     ("driver_read_only", _psycopg_read_only, _write_in_atomic, "writable"),
+    # DISCARD ALL does not reseed random(); the reset reseeds it from the OS
+    # (a fresh session's first value is the seed-0.5 sequence's once in
+    # about 10^6).  Seen, qualified, and hidden in a DO block.
+    ("setseed", ["SELECT setseed(0.5)"],
+     "SELECT round(random()::numeric, 6) = 0.985168", False),
+    ("setseed_qualified", ["SELECT pg_catalog.setseed(0.5)"],
+     "SELECT round(random()::numeric, 6) = 0.985168", False),
+    ("setseed_in_do_block", ["DO $$BEGIN PERFORM setseed(0.5); END$$"],
+     "SELECT round(random()::numeric, 6) = 0.985168", False),
 ]  # fmt: skip
 
 MYSQL_CASES = [
@@ -283,18 +292,16 @@ def test_server_side_cursor__its_statement_changes_are_reset(one_connection):
 #: (kind, statement, check after, value in a fresh session): changes that no
 #: reset statement undoes (sql.CLOSE_TO_RESET): the checkin closes the session.
 POSTGRES_CLOSE_CASES = [
-    # A fresh session's random() is seeded afresh: the first value of the
-    # seed-0.5 sequence comes back once in about 10^6 sessions.
-    ("setseed", "SELECT setseed(0.5)",
-     "SELECT round(random()::numeric, 6) = 0.985168", False),
-    ("setseed_qualified", "SELECT pg_catalog.setseed(%s)",
-     "SELECT round(random()::numeric, 6) = 0.985168", False),
     # A temporary slot (the third argument given positionally) lives as
     # long as its session; DISCARD ALL keeps it.
     ("temporary_replication_slot",
      "SELECT pg_create_physical_replication_slot('djpool_slot', false, true)",
      "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'djpool_slot'",
      0),
+    # A session set up for a replication origin stays so after DISCARD ALL.
+    ("replication_origin_session",
+     "SELECT pg_replication_origin_session_setup('djpool_origin')",
+     "SELECT pg_replication_origin_session_is_setup()", False),
 ]  # fmt: skip
 
 
@@ -307,15 +314,23 @@ POSTGRES_CLOSE_CASES = [
 def test_reset_session__postgres_closes_what_no_reset_undoes(
     kind, change, check, fresh
 ):
-    """An adversarial review found ``setseed()`` survive ``DISCARD ALL``
-    (the next request's ``random()`` was predictable) and a temporary
-    replication slot too (the next request's identical call failed with
-    "already exists"); stock Django's next request has a new session."""
+    """An adversarial review found a temporary replication slot survive
+    ``DISCARD ALL`` (the next request's identical call failed with "already
+    exists"), and a replication origin session too; stock Django's next
+    request has a new session."""
     connection = connections["default"]
     connection.close()
+    if kind == "replication_origin_session":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_replication_origin_create('djpool_origin') "
+                "WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin "
+                "WHERE roname = 'djpool_origin')"
+            )
+        connection.close()
     sid = session_id("default")
     with connection.cursor() as cursor:
-        cursor.execute(change, [0.5] if "%s" in change else None)
+        cursor.execute(change)
     connection.close()
     assert wait_session_gone("default", sid)
     assert session_id("default") != sid
