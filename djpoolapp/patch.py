@@ -124,10 +124,26 @@ def _set(target: Any, name: str, value: Any) -> None:
 def _wrap_get_new_connection(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def get_new_connection(self: Any, conn_params: dict[str, Any]) -> Any:
+        if _opening.get() is self:
+            # super() of a project backend's override: the outer call gives
+            # the connection back if the override fails after this returns.
+            return original(self, conn_params)
         token = _opening.set(self)
         try:
             return original(self, conn_params)
+        except BaseException:
+            # The backend's set-up failed after the pool handed it a
+            # connection (an invalid OPTIONS value, a round trip that
+            # failed): Django never holds it, so nothing would check it in.
+            # Stock Django's driver connection is closed when collected.
+            handed = self.__dict__.get("_djpool_handed")
+            lease = getattr(handed, "_djpool_lease", None)
+            if lease is not None and lease.held_by(self):
+                lease.mark_discard("Django's set-up of it failed")
+                lease.give_back()
+            raise
         finally:
+            self._djpool_handed = None
             _opening.reset(token)
 
     get_new_connection._djpool_patched = True  # type: ignore[attr-defined]
@@ -737,6 +753,9 @@ def install(wrapper_class: type[BaseDatabaseWrapper]) -> None:
         # A connection checked out by the fast path for Django's own
         # connect() to set up (Registry.connect takes it), or None.
         _set(wrapper_class, "_djpool_pending", None)
+        # The connection Registry.connect handed to the running
+        # get_new_connection(), given back if the backend's set-up fails.
+        _set(wrapper_class, "_djpool_handed", None)
     for name, wrap in _WRAPPERS.items():
         current = getattr(wrapper_class, name)
         if name == "connect":

@@ -432,6 +432,7 @@ class Registry:
                 and entry.matches(kwargs, wrapper.settings_dict["OPTIONS"])
                 and not entry.retired
             ):
+                wrapper._djpool_handed = pending
                 entry.driver.prepare_for_setup(pending)
                 return pending
             pending._djpool_lease.give_back()
@@ -448,6 +449,8 @@ class Registry:
             entry.settings_seen = _settings_copy(wrapper.settings_dict)
         conn = entry.checkout(wrapper)
         if isinstance(entry, AliasPool):
+            # Given back if Django's set-up fails (patch.py).
+            wrapper._djpool_handed = conn
             # Django's set-up runs on it next, as on a new connection.
             entry.driver.prepare_for_setup(conn)
         return conn

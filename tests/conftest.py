@@ -633,19 +633,28 @@ def parking(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def custom_mysql_handler() -> Iterator[Any]:
-    """A ``ConnectionHandler`` whose ``mysql`` alias uses the project-style
-    backend ``tests.custom_mysql`` (an ``init_connection_state()`` override
-    counting its calls in ``setup_calls``), patched by djpoolapp."""
+def custom_handler(alias: str, engine: str) -> Iterator[Any]:
+    """A ``ConnectionHandler`` whose *alias* uses the project-style backend
+    *engine* (``tests.custom_mysql``, ``tests.custom_postgres``), patched by
+    djpoolapp."""
     import warnings
 
     from django.db.utils import ConnectionHandler
 
-    settings_dict = {**connections.settings["mysql"], "ENGINE": "tests.custom_mysql"}
-    databases = {**connections.settings, "mysql": settings_dict}
+    settings_dict = {**connections.settings[alias], "ENGINE": engine}
+    databases = {**connections.settings, alias: settings_dict}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Overriding setting DATABASES")
         with override_settings(DATABASES=databases):
             handler = ConnectionHandler(databases)
-            patch.install(type(handler["mysql"]))
+            patch.install(type(handler[alias]))
             yield handler
+
+
+@contextlib.contextmanager
+def custom_mysql_handler() -> Iterator[Any]:
+    """:func:`custom_handler` for the ``mysql`` alias and
+    ``tests.custom_mysql`` (an ``init_connection_state()`` override counting
+    its calls in ``setup_calls``)."""
+    with custom_handler("mysql", "tests.custom_mysql") as handler:
+        yield handler

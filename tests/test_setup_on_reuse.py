@@ -147,3 +147,49 @@ def test_set_up__isolation_level_option_as_on_a_fresh_connection(
         assert autocommit[0] == autocommit[1]
     else:
         assert in_atomic[0] == autocommit[0]
+
+
+@pytest.mark.parametrize(
+    "alias, engine",
+    [
+        pytest.param(
+            "default",
+            "tests.custom_postgres",
+            marks=pytest.mark.postgres,
+            id="postgres",
+        ),
+        pytest.param(
+            "mysql", "tests.custom_mysql", marks=pytest.mark.mysql, id="mysql"
+        ),
+    ],
+)
+def test_set_up__failing_backend_set_up_gives_the_connection_back(
+    alias, engine, one_connection
+):
+    """A second review: when a backend's ``get_new_connection()`` fails
+    after the pool handed it a connection (a project backend's own set-up
+    after ``super()``, here ``fail_set_up``; a failed round trip of the
+    set-up does the same), Django never holds the connection and nothing
+    checked it in: with ``pool_size=1`` every later request timed out.  It
+    is given back (invalidated), the error reaches the caller as Django's,
+    as without the app, and the next connect works."""
+    from django.db import OperationalError
+
+    from djpoolapp import pool_status
+    from tests.conftest import custom_handler
+
+    with custom_handler(alias, engine) as handler:
+        connection = handler[alias]
+        type(connection).fail_set_up = True
+        try:
+            for _ in range(3):  # a stranded checkout: the 2nd would time out
+                with pytest.raises(OperationalError, match="set-up failed"):
+                    connection.ensure_connection()
+                assert connection.connection is None
+                assert pool_status()[alias].checked_out == 0
+        finally:
+            type(connection).fail_set_up = False
+        connection.ensure_connection()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        connection.close()

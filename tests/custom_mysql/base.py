@@ -8,3 +8,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def init_connection_state(self):
         super().init_connection_state()
         self.setup_calls = getattr(self, "setup_calls", 0) + 1
+
+    #: Set by a test: the set-up fails after the driver connection was made
+    #: (a failed round trip of a project's own set-up).
+    fail_set_up = False
+
+    def get_new_connection(self, conn_params):
+        connection = super().get_new_connection(conn_params)
+        if self.fail_set_up:
+            raise self.Database.OperationalError(2013, "set-up failed (test)")
+        return connection

@@ -8,6 +8,13 @@ from django.db.backends.postgresql import base
 class DatabaseWrapper(base.DatabaseWrapper):
     new_connections = 0
 
+    #: Set by a test: the set-up fails after the driver connection was made
+    #: (a failed round trip of a project's own set-up).
+    fail_set_up = False
+
     def get_new_connection(self, conn_params):
         type(self).new_connections += 1
-        return super().get_new_connection(conn_params)
+        connection = super().get_new_connection(conn_params)
+        if self.fail_set_up:
+            raise self.Database.OperationalError("set-up failed (test)")
+        return connection
