@@ -44,6 +44,7 @@ from . import conf
 logger = logging.getLogger("djpoolapp")
 
 TAG = "djpoolapp"
+_DJANGO_BACKENDS = "django.db.backends."
 OPTIONS_HINT = "See the options table in djpoolapp's README."
 
 
@@ -383,10 +384,11 @@ def check_pool_options_in_database_options(
     mysqlclient and sqlite3: ``TypeError``), so the alias cannot connect, and
     djpoolapp never reads them there.  Matched case-insensitively against
     djpoolapp's option names (``POOL_SIZE`` too); Django's and the drivers'
-    own keys (``pool``, ``isolation_level``, SQLite's ``timeout`` ...) are
-    not reported.  Only aliases djpoolapp pools: an alias on Django's own
-    pool is W002's, one opted out or on a third-party pool is not
-    djpoolapp's to advise.
+    own keys (``pool``, ``isolation_level``, SQLite's ``timeout`` ...), in
+    any case, are not reported.  Only aliases djpoolapp pools, on a backend
+    whose ``get_connection_params()`` is Django's (a project backend's own
+    may take keys for itself): an alias on Django's own pool is W002's, one
+    opted out or on a third-party pool is not djpoolapp's to advise.
     """
     pooled = _pooled_aliases() or {}
     if not pooled:
@@ -394,12 +396,19 @@ def check_pool_options_in_database_options(
     setting = conf.get_config().setting
     messages: list[CheckMessage] = []
     for alias, backend in pooled.items():
+        params = getattr(backend, "get_connection_params", None)
+        if not str(getattr(params, "__module__", "")).startswith(_DJANGO_BACKENDS):
+            # A project backend's own get_connection_params() may take keys
+            # of OPTIONS for itself (a "timeout" it turns into a setting).
+            continue
         options = settings.DATABASES[alias].get("OPTIONS") or {}
         own = DRIVER_OWN_KEYS.get(getattr(backend, "vendor", ""), frozenset())
         misplaced = {
             key: value
             for key, value in options.items()
-            if isinstance(key, str) and key.lower() in conf.OPTIONS and key not in own
+            if isinstance(key, str)
+            and key.lower() in conf.OPTIONS
+            and key.lower() not in own
         }
         if not misplaced:
             continue

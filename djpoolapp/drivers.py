@@ -972,8 +972,12 @@ class Driver:
         cursor check), with djpoolapp's *message*: of the class the driver
         raises when a closed connection is used, as stock Django's handle
         would be closed by then (psycopg2: ``InterfaceError``; psycopg 3:
-        ``OperationalError``; mysqlclient: ``OperationalError`` 2006).
-        Django's cursor wrapper raises it as Django's class of that name."""
+        ``OperationalError``; mysqlclient: ``OperationalError`` 2006;
+        sqlite3: ``ProgrammingError``).  Django's cursor wrapper raises it as
+        Django's class of that name.  Not this: a cursor the checkin closed
+        raises what the driver raises for a closed cursor (psycopg 3's
+        server-side ``InterfaceError``, mysqlclient's ``ProgrammingError``),
+        where stock Django's would report the closed connection."""
         return self.module.InterfaceError(message)  # type: ignore[no-any-return]
 
     def can_pool(self, kwargs: dict[str, Any]) -> bool:
@@ -1575,16 +1579,30 @@ class MySQLdbDriver(Driver):
         conn.ping()
 
 
+class PooledSQLiteConnection(PooledConnection):
+    """sqlite3's connection (see :class:`PooledConnection`): also its
+    shortcuts that run statements without ``cursor()``."""
+
+    _djpool_guarded_methods = ("execute", "executemany", "executescript")
+
+
 class SQLiteDriver(Driver):
     """The standard library's sqlite3; pooled only when asked, never in memory."""
 
     module_name = "sqlite3.dbapi2"
     vendor = "sqlite"
 
+    def refused(self, message: str) -> Exception:
+        # sqlite3 on a closed connection: ProgrammingError("Cannot operate on
+        # a closed database.").
+        return self.module.ProgrammingError(message)  # type: ignore[no-any-return]
+
     def connect(self, kwargs: dict[str, Any]) -> Any:
         kwargs = dict(kwargs)
         base = kwargs.pop("factory", None) or self.module.Connection
-        return self.module.connect(factory=pooled_class(base), **kwargs)
+        return self.module.connect(
+            factory=pooled_class(base, PooledSQLiteConnection), **kwargs
+        )
 
     def can_pool(self, kwargs: dict[str, Any]) -> bool:
         name = str(kwargs.get("database", ""))

@@ -527,10 +527,14 @@ class Lease:
                     if reset is _RESET:
                         park = False  # Django's set-up is undone: it must run again
                         self.epoch += 1  # the session's values are gone too
-                        if self.changed & CLOSE_TO_RESET:
-                            # (setseed(), a temporary replication slot: only
-                            # a new session is as a fresh connection is)
-                            reason = "its session cannot be reset in place"
+                        kept = self.changed & CLOSE_TO_RESET
+                        if kept:
+                            # (a temporary replication slot, a dblink
+                            # connection: only a new session is as fresh)
+                            reason = (
+                                "its session holds what no reset undoes: "
+                                + ", ".join(sorted(kept))
+                            )
                         else:
                             with bounded(conn, "session reset"):
                                 if not driver.reset_session(conn, self.snapshot):

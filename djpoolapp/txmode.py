@@ -303,6 +303,10 @@ def _check_value(db: Any, source: Any, now: Any, text: Any) -> None:
     )
 
 
+#: Vendors whose statements ``sql.classify()`` reads.
+_READ_VENDORS = frozenset({"postgresql", "mysql"})
+
+
 def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
     conn = db.__dict__.get("connection")
     lease = getattr(conn, "_djpool_lease", None)
@@ -310,6 +314,13 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
         return
     text: Any = None
     vendor = db.vendor
+    if vendor not in _READ_VENDORS:
+        # (SQLite, pooled on request, a third-party backend's vendor): its
+        # statements are not read, so none can be proven harmless to release
+        # after: held until the request ends, as in request mode.
+        if db._djpool_pin is None:
+            pin(db, f"statements of a {vendor} connection are not read")
+        return
     if what != "statement":
         labels = frozenset({what})
     elif isinstance(sql, (str, bytes)):

@@ -280,6 +280,26 @@ def test_w008__sqlite_timeout_is_sqlite3s_own(monkeypatch):
 
 
 @pytest.mark.postgres
+def test_w008__silent_on_a_project_backends_own_connection_params(monkeypatch):
+    """A second review: a project backend whose ``get_connection_params()``
+    takes a key of OPTIONS for itself (``tests.custom_postgres`` turns
+    ``timeout`` into ``statement_timeout``) connects fine; W008 told the
+    user to move it into the pool's options, which would have changed the
+    pool's checkout timeout instead.  Such a backend is not second-guessed;
+    one that inherits Django's still is."""
+    monkeypatch.setitem(
+        settings.DATABASES["default"], "ENGINE", "tests.custom_postgres"
+    )
+    monkeypatch.setitem(settings.DATABASES["default"], "OPTIONS", {"timeout": 3})
+    assert checks.check_pool_options_in_database_options() == []
+    monkeypatch.setitem(
+        settings.DATABASES["default"], "ENGINE", "tests.custom_postgres_close"
+    )
+    messages = checks.check_pool_options_in_database_options()
+    assert [message.id for message in messages] == ["djpoolapp.W008"]
+
+
+@pytest.mark.postgres
 def test_w008__silent_on_djangos_keys_and_aliases_djpoolapp_leaves_alone(monkeypatch):
     # Django's own keys on a pooled alias: nothing to report.
     own = {"isolation_level": None, "server_side_binding": False, "pool": False}

@@ -100,3 +100,63 @@ def test_native_pool__alias_left_alone():
 def test_pool_status__unknown_alias_is_a_clear_error():
     with pytest.raises(ValueError, match="database alias 'nope' is not pooled"):
         djpoolapp.pool_status("nope")
+
+
+def test_sqlite__transaction_mode_holds_the_connection_for_the_request():
+    """A second review: SQLite pooled on request with
+    ``pool_mode="transaction"`` failed every query (``classify()`` reads
+    PostgreSQL and MySQL only: ValueError, a 500).  Its statements cannot be
+    read, so its first statement pins the connection for the request, as
+    request mode holds it; counted and said as a pin."""
+    options = {"aliases": {"lite": {"pool_size": 1, "pool_mode": "transaction"}}}
+    with override_settings(DJPOOL_OPTIONS=options):
+        connection = connections["lite"]
+        connection.close()
+        pins = djpoolapp.pool_status("lite").get("lite")
+        before = pins.pins if pins else 0
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE TEMP TABLE djpool_lite (a int)")
+        with connection.cursor() as cursor:  # same connection: pinned
+            cursor.execute("INSERT INTO djpool_lite VALUES (1)")
+            cursor.execute("SELECT count(*) FROM djpool_lite")
+            assert cursor.fetchone() == (1,)
+        status = djpoolapp.pool_status("lite")["lite"]
+        assert status.pins == before + 1
+        assert status.checked_out == 1  # held until the request ends
+        connection.close()
+        assert djpoolapp.pool_status("lite")["lite"].checked_out == 0
+
+
+def test_sqlite__raw_handle_kept_past_the_request_is_refused():
+    """A second review: a SQLite raw connection kept past its request still
+    ran statements through ``execute()`` (sqlite3's shortcut that makes its
+    cursor without ``cursor()``) while the connection was idle in the pool.
+    Every statement path is refused now, with the class sqlite3 raises for a
+    closed connection (stock Django's handle is closed by then)."""
+    import sqlite3
+
+    closed = sqlite3.connect(":memory:")
+    closed.close()
+    with pytest.raises(sqlite3.Error) as stock:
+        closed.execute("SELECT 1")
+    with override_settings(DJPOOL_OPTIONS={"aliases": {"lite": {"pool_size": 1}}}):
+        connection = connections["lite"]
+        connection.close()
+        connection.ensure_connection()
+        raw = connection.connection
+        connection.close()  # the request ends: the pool has it back
+        uses = {
+            "cursor": lambda: raw.cursor(),
+            "execute": lambda: raw.execute("SELECT 1"),
+            "executemany": lambda: raw.executemany("SELECT ?", [(1,)]),
+            "executescript": lambda: raw.executescript("SELECT 1;"),
+            "commit": lambda: raw.commit(),
+        }
+        for name, use in uses.items():
+            with pytest.raises(type(stock.value), match="went back to the pool"):
+                use()
+                pytest.fail(f"{name}() ran")
+        connection.ensure_connection()  # the pool's own use is unaffected
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        connection.close()

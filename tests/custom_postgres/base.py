@@ -18,3 +18,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if self.fail_set_up:
             raise self.Database.OperationalError("set-up failed (test)")
         return connection
+
+    def get_connection_params(self):
+        # A project's own OPTIONS key, taken before the driver sees OPTIONS
+        # (djpoolapp's W008 must not report it).
+        params = super().get_connection_params()
+        timeout = params.pop("timeout", None)
+        if timeout is not None:
+            params["options"] = f"-c statement_timeout={int(timeout * 1000)}"
+        return params
