@@ -37,11 +37,12 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from django.apps import apps
-from django.conf import settings
+from django.conf import global_settings, settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import render, resolve_url
 from django.urls import NoReverseMatch, Resolver404, get_script_prefix, resolve, reverse
+from django.utils import translation
 from django.utils.html import format_html
 from django.views.decorators.cache import never_cache
 
@@ -113,6 +114,9 @@ def _served_here(url: str) -> bool:
 
     An absolute URL (another host, a single sign-on server) and a path
     outside this site's script prefix cannot be checked, and count as served.
+    A path counts when Django's own redirects lead to a page: with a slash
+    appended (``APPEND_SLASH``), under the active language's prefix
+    (``i18n_patterns`` with ``LocaleMiddleware``).
     """
     parts = urlsplit(url)
     if parts.scheme or parts.netloc:
@@ -120,18 +124,25 @@ def _served_here(url: str) -> bool:
     prefix = get_script_prefix()
     if not parts.path.startswith(prefix):
         return True
-    try:
-        resolve("/" + parts.path[len(prefix) :])
-    except Resolver404:
-        return False
-    return True
+    path = "/" + parts.path[len(prefix) :]
+    candidates = [path] if path.endswith("/") else [path, path + "/"]
+    language = translation.get_language()
+    if language:
+        candidates += [f"/{language}{candidate}" for candidate in candidates]
+    for candidate in candidates:
+        try:
+            resolve(candidate)
+        except Resolver404:
+            continue
+        return True
+    return False
 
 
 def _login(request: HttpRequest) -> tuple[str | None, str]:
     """Where to log in, with ``?next=`` this page, and what to say about it.
 
-    ``settings.LOGIN_URL`` (a URL or a URL name) when this site serves it;
-    otherwise the admin's login (``admin:login``) when the admin's URLs are
+    ``settings.LOGIN_URL`` (a URL or a URL name) when the project set it or
+    this site serves Django's default; otherwise the admin's login (``admin:login``) when the admin's URLs are
     included; otherwise None.  The text is empty when ``LOGIN_URL`` is used,
     else it says why it is not and how to log in.  Django's default
     ``LOGIN_URL``, ``/accounts/login/``, has no view in a fresh
@@ -142,7 +153,12 @@ def _login(request: HttpRequest) -> tuple[str | None, str]:
         url: str | None = resolve_url(setting)
     except NoReverseMatch:
         url = None  # a URL name this site does not have
-    if url is not None and _served_here(url):
+    if url is not None and (
+        # A path the project set itself is trusted, as Django's own
+        # redirect_to_login() trusts it (a page behind a proxy, outside the
+        # URLconf); Django's default is checked (a fresh project lacks it).
+        setting != global_settings.LOGIN_URL or _served_here(url)
+    ):
         note = ""
     else:
         shown = f" ({setting!r})" if isinstance(setting, str) else ""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
+from django.conf.urls.i18n import i18n_patterns
 from django.contrib.auth.views import LoginView
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
@@ -154,6 +155,51 @@ def test_status_page__403_links_to_the_admin_login_without_a_login_page(settings
     body = Client().get(JSON).json()
     assert body["login_url"] == "/admin/login/?next=%2Fpool%2Fstatus.json"
     assert body["login_help"].startswith("settings.LOGIN_URL ('/accounts/login/')")
+
+
+class I18nURLConf:
+    """A login page under ``i18n_patterns`` (``/en/accounts/login/``):
+    LocaleMiddleware redirects Django's default ``/accounts/login/`` there."""
+
+    urlpatterns = [
+        path("pool/", include("djpoolapp.urls")),
+        *i18n_patterns(path("accounts/login/", LoginView.as_view(), name="login")),
+    ]
+
+
+class NoSlashURLConf:
+    """A login page at ``/accounts/login/``, asked for as
+    ``/accounts/login`` (APPEND_SLASH redirects)."""
+
+    urlpatterns = [
+        path("pool/", include("djpoolapp.urls")),
+        path("accounts/login/", LoginView.as_view(), name="login"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "urlconf, login_url, expected",
+    [
+        (I18nURLConf, "/accounts/login/", "/accounts/login/"),
+        (NoSlashURLConf, "/accounts/login", "/accounts/login"),
+        # A path the project set, served outside Django (an auth proxy):
+        # trusted, as Django's own redirect_to_login() trusts it.
+        (FreshProjectURLConf, "/oauth2/sign_in", "/oauth2/sign_in"),
+    ],
+    ids=["i18n-patterns", "append-slash", "proxy"],
+)
+def test_status_page__403_links_a_login_url_django_would_redirect_to(
+    settings, urlconf, login_url, expected
+):
+    """A second review: the first version hid links that work with stock
+    Django (a login page under i18n_patterns, a LOGIN_URL without its slash,
+    a same-host path an auth proxy serves), saying "not a page of this
+    site"."""
+    settings.ROOT_URLCONF = urlconf
+    settings.LOGIN_URL = login_url
+    html = Client().get(PAGE).content.decode()
+    assert f'<a id="djpool-login" href="{expected}?next=%2Fpool%2F">' in html
+    assert "djpool-login-help" not in html
 
 
 def test_status_page__403_trusts_a_login_url_on_another_host(settings):
