@@ -384,8 +384,8 @@ def check_pool_options_in_database_options(
     mysqlclient and sqlite3: ``TypeError``), so the alias cannot connect, and
     djpoolapp never reads them there.  Matched case-insensitively against
     djpoolapp's option names (``POOL_SIZE`` too); Django's and the drivers'
-    own keys (``pool``, ``isolation_level``, SQLite's ``timeout`` ...), in
-    any case, are not reported.  Only aliases djpoolapp pools, on a backend
+    own keys (``pool``, ``isolation_level``, SQLite's ``timeout`` ...),
+    spelled as the driver takes them, are not reported.  Only aliases djpoolapp pools, on a backend
     whose ``get_connection_params()`` is Django's (a project backend's own
     may take keys for itself): an alias on Django's own pool is W002's, one
     opted out or on a third-party pool is not djpoolapp's to advise.
@@ -406,9 +406,7 @@ def check_pool_options_in_database_options(
         misplaced = {
             key: value
             for key, value in options.items()
-            if isinstance(key, str)
-            and key.lower() in conf.OPTIONS
-            and key.lower() not in own
+            if isinstance(key, str) and key.lower() in conf.OPTIONS and key not in own
         }
         if not misplaced:
             continue

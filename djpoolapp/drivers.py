@@ -1121,8 +1121,8 @@ class Driver:
     def reseed(self, conn: Any) -> None:
         """After :meth:`reset_session`, when a statement of the checkout may
         have seeded the session's random number generator (``sql.RESEED_AFTER``,
-        a named cursor, ``reset_session="always"``): seed it from the OS, as
-        a new session's is (one round trip; nothing to do for most servers)."""
+        or ``reset_session="always"``): seed it from the OS, as a new
+        session's is (one round trip; nothing to do for most servers)."""
 
     def close_server_cursors(self, conn: Any) -> None:
         """Close every server-side cursor of the session (one round trip)."""

@@ -539,11 +539,7 @@ class Lease:
                             with bounded(conn, "session reset"):
                                 if not driver.reset_session(conn, self.snapshot):
                                     reason = "its session cannot be reset in place"
-                                elif (
-                                    self.changed & RESEED_AFTER
-                                    or self.named_cursors
-                                    or mode == "always"
-                                ):
+                                elif self.changed & RESEED_AFTER or mode == "always":
                                     driver.reseed(conn)
                     elif reset is _CURSORS:
                         with bounded(conn, "close of the server-side cursors"):

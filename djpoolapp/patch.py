@@ -121,27 +121,41 @@ def _set(target: Any, name: str, value: Any) -> None:
 
 
 # -- the wrapped DatabaseWrapper methods ----------------------------------
+def _give_back(wrapper: Any, handed: list[Any], keep: Any) -> None:
+    """Give back, invalidated, the pooled connections handed to *wrapper*'s
+    ``get_new_connection()`` that it does not keep (all but *keep*)."""
+    for conn in handed:
+        lease = getattr(conn, "_djpool_lease", None)
+        if conn is not keep and lease is not None and lease.held_by(wrapper):
+            lease.mark_discard("Django's set-up of it failed")
+            lease.give_back()
+
+
 def _wrap_get_new_connection(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def get_new_connection(self: Any, conn_params: dict[str, Any]) -> Any:
         if _opening.get() is self:
             # super() of a project backend's override: the outer call gives
-            # the connection back if the override fails after this returns.
+            # back what the override does not keep.
             return original(self, conn_params)
         token = _opening.set(self)
+        handed: list[Any] = []
+        self._djpool_handed = handed  # Registry.connect appends to it
         try:
-            return original(self, conn_params)
+            connection = original(self, conn_params)
         except BaseException:
             # The backend's set-up failed after the pool handed it a
             # connection (an invalid OPTIONS value, a round trip that
             # failed): Django never holds it, so nothing would check it in.
             # Stock Django's driver connection is closed when collected.
-            handed = self.__dict__.get("_djpool_handed")
-            lease = getattr(handed, "_djpool_lease", None)
-            if lease is not None and lease.held_by(self):
-                lease.mark_discard("Django's set-up of it failed")
-                lease.give_back()
+            _give_back(self, handed, keep=None)
             raise
+        else:
+            if len(handed) > 1 and any(conn is connection for conn in handed):
+                # A project backend that retried (super() again after its own
+                # set-up failed) keeps the last one only.
+                _give_back(self, handed, keep=connection)
+            return connection
         finally:
             self._djpool_handed = None
             _opening.reset(token)
@@ -753,7 +767,7 @@ def install(wrapper_class: type[BaseDatabaseWrapper]) -> None:
         # A connection checked out by the fast path for Django's own
         # connect() to set up (Registry.connect takes it), or None.
         _set(wrapper_class, "_djpool_pending", None)
-        # The connection Registry.connect handed to the running
+        # The connections Registry.connect handed to the running
         # get_new_connection(), given back if the backend's set-up fails.
         _set(wrapper_class, "_djpool_handed", None)
     for name, wrap in _WRAPPERS.items():

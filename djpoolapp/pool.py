@@ -406,6 +406,14 @@ class _Unpooled(_Entry):
         pass
 
 
+def _handed(wrapper: Any, conn: Any) -> None:
+    """Note *conn* as handed to *wrapper*'s running ``get_new_connection()``
+    (patch.py gives it back if the backend's set-up fails)."""
+    handed = wrapper.__dict__.get("_djpool_handed")
+    if handed is not None:
+        handed.append(conn)
+
+
 class Registry:
     """The process's pools, one per alias; rebuilt empty in a forked child."""
 
@@ -432,7 +440,7 @@ class Registry:
                 and entry.matches(kwargs, wrapper.settings_dict["OPTIONS"])
                 and not entry.retired
             ):
-                wrapper._djpool_handed = pending
+                _handed(wrapper, pending)
                 entry.driver.prepare_for_setup(pending)
                 return pending
             pending._djpool_lease.give_back()
@@ -450,7 +458,7 @@ class Registry:
         conn = entry.checkout(wrapper)
         if isinstance(entry, AliasPool):
             # Given back if Django's set-up fails (patch.py).
-            wrapper._djpool_handed = conn
+            _handed(wrapper, conn)
             # Django's set-up runs on it next, as on a new connection.
             entry.driver.prepare_for_setup(conn)
         return conn

@@ -303,6 +303,9 @@ def _check_value(db: Any, source: Any, now: Any, text: Any) -> None:
     )
 
 
+#: A value source no statement's session ever equals (its reads raise).
+_UNKNOWN_SOURCE: Any = ("unknown",)
+
 #: Vendors whose statements ``sql.classify()`` reads.
 _READ_VENDORS = frozenset({"postgresql", "mysql"})
 
@@ -372,12 +375,17 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
             # MariaDB's sequence values are per sequence: an INSERT (which
             # may draw from one through a column default, or may not) takes
             # over as their source only when no earlier possible source on
-            # another session or epoch is recorded, whose value may have
-            # been lost: a later reader must still raise then (a false alarm
-            # at worst).  NEXTVAL() / NEXT VALUE FOR draw for sure (and pin).
+            # another session or epoch is recorded; otherwise the request's
+            # last draw may be on either session, and a later read raises (a
+            # false alarm at worst).  NEXTVAL() / NEXT VALUE FOR draw for
+            # sure (and pin).
             source = db._djpool_sequence_source
             if use & PINS_VALUE or source is None or source == now:
                 db._djpool_sequence_source = now
+            else:
+                # Which session holds this request's last draw is unknown
+                # from here on: every later read raises.
+                db._djpool_sequence_source = _UNKNOWN_SOURCE
     db._djpool_last_statement = (lease, epoch, cleared)
 
 

@@ -105,6 +105,8 @@ SERVER_COLUMNS: list[tuple[str, str, str, bool]] = [
     ),
 ]
 
+_LOCALE_MIDDLEWARE = "django.middleware.locale.LocaleMiddleware"
+
 DEFAULT_REFRESH = 2.0
 REFRESH_RANGE = (0.5, 60.0)
 
@@ -114,9 +116,8 @@ def _served_here(url: str) -> bool:
 
     An absolute URL (another host, a single sign-on server) and a path
     outside this site's script prefix cannot be checked, and count as served.
-    A path counts when Django's own redirects lead to a page: with a slash
-    appended (``APPEND_SLASH``), under the active language's prefix
-    (``i18n_patterns`` with ``LocaleMiddleware``).
+    A path also counts when ``LocaleMiddleware`` would redirect it to a page
+    under the active language's prefix (``i18n_patterns``).
     """
     parts = urlsplit(url)
     if parts.scheme or parts.netloc:
@@ -125,10 +126,10 @@ def _served_here(url: str) -> bool:
     if not parts.path.startswith(prefix):
         return True
     path = "/" + parts.path[len(prefix) :]
-    candidates = [path] if path.endswith("/") else [path, path + "/"]
+    candidates = [path]
     language = translation.get_language()
-    if language:
-        candidates += [f"/{language}{candidate}" for candidate in candidates]
+    if language and _LOCALE_MIDDLEWARE in settings.MIDDLEWARE:
+        candidates.append(f"/{language}{path}")
     for candidate in candidates:
         try:
             resolve(candidate)

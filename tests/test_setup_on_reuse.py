@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from django.db import connections, transaction
+from django.test import override_settings
 
 from tests.modes import pool_mode  # noqa: F401  (every test, both modes)
 from tests.test_transparency import session_id
@@ -193,3 +194,43 @@ def test_set_up__failing_backend_set_up_gives_the_connection_back(
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         connection.close()
+
+
+@pytest.mark.parametrize(
+    "alias, engine",
+    [
+        pytest.param(
+            "default",
+            "tests.custom_postgres",
+            marks=pytest.mark.postgres,
+            id="postgres",
+        ),
+        pytest.param(
+            "mysql", "tests.custom_mysql", marks=pytest.mark.mysql, id="mysql"
+        ),
+    ],
+)
+def test_set_up__retrying_backend_keeps_one_connection(alias, engine):
+    """Third review: a project backend whose ``get_new_connection()`` calls
+    ``super()`` again after its own set-up failed got two pooled
+    connections; the first was never checked in (every request leaked one
+    slot, then PoolTimeout).  The one it does not keep is given back."""
+    from djpoolapp import pool_status
+    from tests.conftest import custom_handler
+
+    options = {"pool_size": 2, "max_overflow": 0, "timeout": 5}
+    with override_settings(DJPOOL_OPTIONS=options):
+        with custom_handler(alias, engine) as handler:
+            connection = handler[alias]
+            backend = type(connection)
+            backend.fail_set_up = backend.retry_set_up = True
+            try:
+                for _ in range(3):  # a leak per request: the 3rd would time out
+                    connection.ensure_connection()
+                    with connection.cursor() as cursor:
+                        cursor.execute("SELECT 1")
+                    assert pool_status()[alias].checked_out <= 1  # (0: released)
+                    connection.close()
+                    assert pool_status()[alias].checked_out == 0
+            finally:
+                backend.fail_set_up = backend.retry_set_up = False

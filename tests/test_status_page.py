@@ -168,8 +168,8 @@ class I18nURLConf:
 
 
 class NoSlashURLConf:
-    """A login page at ``/accounts/login/``, asked for as
-    ``/accounts/login`` (APPEND_SLASH redirects)."""
+    """A login page at ``/accounts/login/``, which the project's LOGIN_URL
+    names without its slash (APPEND_SLASH redirects)."""
 
     urlpatterns = [
         path("pool/", include("djpoolapp.urls")),
@@ -197,9 +197,24 @@ def test_status_page__403_links_a_login_url_django_would_redirect_to(
     site"."""
     settings.ROOT_URLCONF = urlconf
     settings.LOGIN_URL = login_url
+    if urlconf is I18nURLConf:
+        settings.MIDDLEWARE = [
+            *settings.MIDDLEWARE,
+            "django.middleware.locale.LocaleMiddleware",
+        ]
     html = Client().get(PAGE).content.decode()
     assert f'<a id="djpool-login" href="{expected}?next=%2Fpool%2F">' in html
     assert "djpool-login-help" not in html
+
+
+def test_status_page__403_i18n_login_page_needs_locale_middleware(settings):
+    """Third review: without LocaleMiddleware nothing redirects Django's
+    default ``/accounts/login/`` to the language-prefixed page, so it is not
+    linked (it would 404)."""
+    settings.ROOT_URLCONF = I18nURLConf
+    html = Client().get(PAGE).content.decode()
+    assert 'id="djpool-login"' not in html
+    assert "djpool-login-help" in html
 
 
 def test_status_page__403_trusts_a_login_url_on_another_host(settings):

@@ -11,11 +11,15 @@ class DatabaseWrapper(base.DatabaseWrapper):
     #: Set by a test: the set-up fails after the driver connection was made
     #: (a failed round trip of a project's own set-up).
     fail_set_up = False
+    #: With fail_set_up: the project's code catches its failure and retries.
+    retry_set_up = False
 
     def get_new_connection(self, conn_params):
         type(self).new_connections += 1
         connection = super().get_new_connection(conn_params)
         if self.fail_set_up:
+            if self.retry_set_up:  # the project retries with a new connection
+                return super().get_new_connection(conn_params)
             raise self.Database.OperationalError("set-up failed (test)")
         return connection
 
