@@ -778,6 +778,22 @@ def test_session_value__statement_that_sets_one_on_purpose_pins(alias):
     _setter_pins(alias, setter, reader, "SELECT 1")
 
 
+@contextlib.contextmanager
+def _mariadb_sequence(alias: str) -> Iterator[None]:
+    """``djpool_seq`` on *alias* for the block (MariaDB only: skips on
+    MySQL), dropped after; the Django connection is closed at both ends."""
+    connection = connections[alias]
+    if not connection.mysql_is_mariadb:
+        pytest.skip("MariaDB's sequences")
+    _run(alias, "CREATE SEQUENCE IF NOT EXISTS djpool_seq")
+    connection.close()
+    try:
+        yield
+    finally:
+        _run(alias, "DROP SEQUENCE IF EXISTS djpool_seq")
+        connection.close()
+
+
 #: MariaDB's sequences: a setter and the reader of its value in this session.
 MARIADB_SEQUENCE = [
     ("SELECT NEXTVAL(djpool_seq)", "SELECT LASTVAL(djpool_seq)"),
@@ -804,17 +820,9 @@ def test_session_value__mariadb_sequence_value_pins(alias, setter, reader):
     (silently; stock Django reads its own).  They pin, as ``nextval()`` does
     on PostgreSQL: the other request (drawing from the sequence too) waits,
     the reader gets its own value."""
-    connection = connections[alias]
-    if not connection.mysql_is_mariadb:
-        pytest.skip("MariaDB's sequences")
-    _run(alias, "CREATE SEQUENCE IF NOT EXISTS djpool_seq")
-    connection.close()
-    try:
+    with _mariadb_sequence(alias):
         value, drawn = _setter_pins(alias, setter, reader, setter)
         assert drawn[0] != value
-    finally:
-        _run(alias, "DROP SEQUENCE IF EXISTS djpool_seq")
-        connection.close()
 
 
 @pytest.mark.parametrize("alias", _pin_params(("mysql",)))
@@ -826,22 +834,13 @@ def test_session_value__mariadb_sequence_draw_does_not_hide_a_lost_id(alias):
     On MariaDB they are separate values: the read still raises."""
     from djpoolapp import SessionValueLost
 
-    connection = connections[alias]
-    if not connection.mysql_is_mariadb:
-        pytest.skip("MariaDB's sequences")
-    _run(alias, "CREATE SEQUENCE IF NOT EXISTS djpool_seq")
-    connection.close()
-    try:
-        with transaction_mode(alias):
-            _insert_raw(alias)
-            in_thread(lambda: _insert_raw(alias))
-            _run(alias, "SELECT NEXTVAL(djpool_seq)")  # pins, draws
-            with pytest.raises(SessionValueLost):
-                _run(alias, "SELECT LAST_INSERT_ID()")
-            connection.close()
-    finally:
-        _run(alias, "DROP SEQUENCE IF EXISTS djpool_seq")
-        connection.close()
+    with _mariadb_sequence(alias), transaction_mode(alias):
+        _insert_raw(alias)
+        in_thread(lambda: _insert_raw(alias))
+        _run(alias, "SELECT NEXTVAL(djpool_seq)")  # pins, draws
+        with pytest.raises(SessionValueLost):
+            _run(alias, "SELECT LAST_INSERT_ID()")
+        connections[alias].close()
 
 
 @pytest.mark.parametrize("alias", _pin_params(("mysql",)))
@@ -855,32 +854,29 @@ def test_session_value__mariadb_sequence_default_draw_lost_raises(alias):
     from djpoolapp import SessionValueLost
 
     connection = connections[alias]
-    if not connection.mysql_is_mariadb:
-        pytest.skip("MariaDB's sequences")
-    _run(alias, "CREATE SEQUENCE IF NOT EXISTS djpool_seq")
-    _run(
-        alias,
-        "CREATE TABLE djpool_doc (id bigint DEFAULT NEXT VALUE FOR djpool_seq "
-        "PRIMARY KEY, who varchar(5))",
-    )
-    connection.close()
-    try:
-        with transaction_mode(alias):
-            _run(alias, "INSERT INTO djpool_doc (who) VALUES ('A')")
-            in_thread(lambda: _run(alias, "SELECT NEXTVAL(djpool_seq)"))
-            _insert_raw(alias)  # another table: draws from no sequence
-            with pytest.raises(SessionValueLost):
-                _run(alias, "SELECT PREVIOUS VALUE FOR djpool_seq")
-            connection.close()
-            # Without another request in between, the request's own value.
-            _run(alias, "INSERT INTO djpool_doc (who) VALUES ('A2')")
-            (mine,) = _run(alias, "SELECT MAX(id) FROM djpool_doc")
-            assert _run(alias, "SELECT PREVIOUS VALUE FOR djpool_seq") == (mine,)
-            connection.close()
-    finally:
-        _run(alias, "DROP TABLE IF EXISTS djpool_doc")
-        _run(alias, "DROP SEQUENCE IF EXISTS djpool_seq")
+    with _mariadb_sequence(alias):
+        _run(
+            alias,
+            "CREATE TABLE djpool_doc (id bigint DEFAULT NEXT VALUE FOR djpool_seq "
+            "PRIMARY KEY, who varchar(5))",
+        )
         connection.close()
+        try:
+            with transaction_mode(alias):
+                _run(alias, "INSERT INTO djpool_doc (who) VALUES ('A')")
+                in_thread(lambda: _run(alias, "SELECT NEXTVAL(djpool_seq)"))
+                _insert_raw(alias)  # another table: draws from no sequence
+                with pytest.raises(SessionValueLost):
+                    _run(alias, "SELECT PREVIOUS VALUE FOR djpool_seq")
+                connection.close()
+                # Without another request in between, the request's own value.
+                _run(alias, "INSERT INTO djpool_doc (who) VALUES ('A2')")
+                (mine,) = _run(alias, "SELECT MAX(id) FROM djpool_doc")
+                assert _run(alias, "SELECT PREVIOUS VALUE FOR djpool_seq") == (mine,)
+                connection.close()
+        finally:
+            _run(alias, "DROP TABLE IF EXISTS djpool_doc")
+            connection.close()
 
 
 #: A session change made through a raw handle, and how to read it back.

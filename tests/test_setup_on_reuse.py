@@ -150,20 +150,17 @@ def test_set_up__isolation_level_option_as_on_a_fresh_connection(
         assert in_atomic[0] == autocommit[0]
 
 
-@pytest.mark.parametrize(
-    "alias, engine",
-    [
-        pytest.param(
-            "default",
-            "tests.custom_postgres",
-            marks=pytest.mark.postgres,
-            id="postgres",
-        ),
-        pytest.param(
-            "mysql", "tests.custom_mysql", marks=pytest.mark.mysql, id="mysql"
-        ),
-    ],
-)
+#: (alias, project backend overriding get_new_connection() with fail_set_up
+#: and retry_set_up switches: tests/custom_postgres, tests/custom_mysql).
+PROJECT_BACKENDS = [
+    pytest.param(
+        "default", "tests.custom_postgres", marks=pytest.mark.postgres, id="postgres"
+    ),
+    pytest.param("mysql", "tests.custom_mysql", marks=pytest.mark.mysql, id="mysql"),
+]
+
+
+@pytest.mark.parametrize("alias, engine", PROJECT_BACKENDS)
 def test_set_up__failing_backend_set_up_gives_the_connection_back(
     alias, engine, one_connection
 ):
@@ -196,20 +193,7 @@ def test_set_up__failing_backend_set_up_gives_the_connection_back(
         connection.close()
 
 
-@pytest.mark.parametrize(
-    "alias, engine",
-    [
-        pytest.param(
-            "default",
-            "tests.custom_postgres",
-            marks=pytest.mark.postgres,
-            id="postgres",
-        ),
-        pytest.param(
-            "mysql", "tests.custom_mysql", marks=pytest.mark.mysql, id="mysql"
-        ),
-    ],
-)
+@pytest.mark.parametrize("alias, engine", PROJECT_BACKENDS)
 def test_set_up__retrying_backend_keeps_one_connection(alias, engine):
     """Third review: a project backend whose ``get_new_connection()`` calls
     ``super()`` again after its own set-up failed got two pooled
