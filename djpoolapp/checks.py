@@ -44,7 +44,6 @@ from . import conf
 logger = logging.getLogger("djpoolapp")
 
 TAG = "djpoolapp"
-_DJANGO_BACKENDS = "django.db.backends."
 OPTIONS_HINT = "See the options table in djpoolapp's README."
 
 
@@ -385,19 +384,21 @@ def check_pool_options_in_database_options(
     djpoolapp never reads them there.  Matched case-insensitively against
     djpoolapp's option names (``POOL_SIZE`` too); Django's and the drivers'
     own keys (``pool``, ``isolation_level``, SQLite's ``timeout`` ...),
-    spelled as the driver takes them, are not reported.  Only aliases djpoolapp pools, on a backend
-    whose ``get_connection_params()`` is Django's (a project backend's own
-    may take keys for itself): an alias on Django's own pool is W002's, one
-    opted out or on a third-party pool is not djpoolapp's to advise.
+    spelled as the driver takes them, are not reported.  Only aliases
+    djpoolapp pools, on a backend whose ``get_connection_params()`` is
+    Django's (a project backend's own may take keys for itself): an alias on
+    Django's own pool is W002's, one opted out or on a third-party pool is
+    not djpoolapp's to advise.
     """
+    from .patch import _defined_by_django
+
     pooled = _pooled_aliases() or {}
     if not pooled:
         return []
     setting = conf.get_config().setting
     messages: list[CheckMessage] = []
     for alias, backend in pooled.items():
-        params = getattr(backend, "get_connection_params", None)
-        if not str(getattr(params, "__module__", "")).startswith(_DJANGO_BACKENDS):
+        if not _defined_by_django(backend, "get_connection_params"):
             # A project backend's own get_connection_params() may take keys
             # of OPTIONS for itself (a "timeout" it turns into a setting).
             continue

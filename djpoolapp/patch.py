@@ -767,9 +767,6 @@ def install(wrapper_class: type[BaseDatabaseWrapper]) -> None:
         # A connection checked out by the fast path for Django's own
         # connect() to set up (Registry.connect takes it), or None.
         _set(wrapper_class, "_djpool_pending", None)
-        # The connections Registry.connect handed to the running
-        # get_new_connection(), given back if the backend's set-up fails.
-        _set(wrapper_class, "_djpool_handed", None)
     for name, wrap in _WRAPPERS.items():
         current = getattr(wrapper_class, name)
         if name == "connect":

@@ -406,12 +406,16 @@ class _Unpooled(_Entry):
         pass
 
 
-def _handed(wrapper: Any, conn: Any) -> None:
-    """Note *conn* as handed to *wrapper*'s running ``get_new_connection()``
-    (patch.py gives it back if the backend's set-up fails)."""
+def _hand_over(entry: AliasPool, wrapper: Any, conn: Any) -> Any:
+    """Hand *conn*, checked out of *entry*, to *wrapper*'s running
+    ``get_new_connection()``: noted there (patch.py gives it back if the
+    backend's set-up fails) and put in the state Django's set-up expects of
+    a new connection (``Driver.prepare_for_setup``)."""
     handed = wrapper.__dict__.get("_djpool_handed")
     if handed is not None:
         handed.append(conn)
+    entry.driver.prepare_for_setup(conn)
+    return conn
 
 
 class Registry:
@@ -440,9 +444,7 @@ class Registry:
                 and entry.matches(kwargs, wrapper.settings_dict["OPTIONS"])
                 and not entry.retired
             ):
-                _handed(wrapper, pending)
-                entry.driver.prepare_for_setup(pending)
-                return pending
+                return _hand_over(entry, wrapper, pending)
             pending._djpool_lease.give_back()
         if entry is None or not entry.matches(kwargs, wrapper.settings_dict["OPTIONS"]):
             if args:
@@ -457,10 +459,7 @@ class Registry:
             entry.settings_seen = _settings_copy(wrapper.settings_dict)
         conn = entry.checkout(wrapper)
         if isinstance(entry, AliasPool):
-            # Given back if Django's set-up fails (patch.py).
-            _handed(wrapper, conn)
-            # Django's set-up runs on it next, as on a new connection.
-            entry.driver.prepare_for_setup(conn)
+            return _hand_over(entry, wrapper, conn)
         return conn
 
     def _replace(

@@ -103,13 +103,13 @@ from typing import Any, TypeVar
 
 __all__ = [
     "CLOSE_TO_RESET",
-    "RESEED_AFTER",
     "LABELS",
     "PINS_VALUE",
     "READS_DIAGNOSTICS",
-    "READS_SEQUENCE",
     "READS_ID",
     "READS_PREVIOUS",
+    "READS_SEQUENCE",
+    "RESEED_AFTER",
     "SETS_ID",
     "SETS_SEQUENCE",
     "classify",
@@ -262,11 +262,10 @@ def _classify(vendor: str, statement: str | bytes) -> frozenset[str]:
 #: Sets a value on purpose, for a later statement to read: pin the session.
 PINS_VALUE = 1
 #: Reads the last generated id (lastval(), currval(), LAST_INSERT_ID(),
-#: @@identity, @@last_insert_id; MariaDB's LASTVAL(seq), PREVIOUS VALUE FOR).
+#: @@identity, @@last_insert_id).
 READS_ID = 2
 #: May set the last generated id (an INSERT, REPLACE, MERGE, LOAD DATA
-#: statement, or a call of nextval(), setval(), LAST_INSERT_ID(expr); MariaDB's
-#: NEXTVAL(seq), SETVAL(seq, n), NEXT VALUE FOR seq).
+#: statement, or a call of nextval(), setval(), LAST_INSERT_ID(expr)).
 SETS_ID = 4
 #: Reads what the previous statement did (FOUND_ROWS(), ROW_COUNT()).
 READS_PREVIOUS = 8

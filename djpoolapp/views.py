@@ -143,8 +143,8 @@ def _login(request: HttpRequest) -> tuple[str | None, str]:
     """Where to log in, with ``?next=`` this page, and what to say about it.
 
     ``settings.LOGIN_URL`` (a URL or a URL name) when the project set it or
-    this site serves Django's default; otherwise the admin's login (``admin:login``) when the admin's URLs are
-    included; otherwise None.  The text is empty when ``LOGIN_URL`` is used,
+    this site serves Django's default; otherwise the admin's login
+    (``admin:login``) when the admin's URLs are included; otherwise None.  The text is empty when ``LOGIN_URL`` is used,
     else it says why it is not and how to log in.  Django's default
     ``LOGIN_URL``, ``/accounts/login/``, has no view in a fresh
     ``startproject``.
