@@ -147,6 +147,9 @@ def test_recycle__replaces_connections_older_than_recycle(alias, serve, admin):
         second = session()
         after = djpoolapp.pool_status(alias)[alias]
         assert second != first
+        # The recycled session ends asynchronously: the server lists it until
+        # its backend / handler thread has read the client's hang-up.
+        admin(alias).wait_gone([first])
         assert admin(alias).sessions() == [second]
     assert after.recycled - before.recycled == 1
     assert after.invalidated == before.invalidated
