@@ -57,19 +57,28 @@ class Stolen(Exception):  # noqa: N818 - a signal, not an error
 
 
 class _Waiter:
-    """One blocked ``get()``: the item handed to it, and how to wake it."""
+    """One blocked ``get()``: the item handed to it, and how to wake it.
 
-    __slots__ = ("condition", "item", "served", "handed")
+    It sleeps on a lock of its own, taken when it queues up and released by
+    the thread that serves it (what ``threading.Condition.wait()`` does
+    underneath, without a ``Condition`` per wait): ``put()`` wakes exactly the
+    waiter it served, never a crowd.  ``threading.Lock`` is looked up at each
+    wait, so gevent's and eventlet's monkeypatching make it cooperative."""
 
-    def __init__(self, mutex: threading.RLock) -> None:
-        # One condition per waiter, all on the queue's mutex: put() wakes
-        # exactly the waiter it served, never a crowd.
-        self.condition = threading.Condition(mutex)
+    __slots__ = ("lock", "item", "served", "handed")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
         self.item: Any = None
         self.served = False
         #: The item is a lease handed over by :meth:`FairQueue.park` (still
         #: checked out of SQLAlchemy), not a pool entry.
         self.handed = False
+
+    def wake(self) -> None:
+        """Under the queue's mutex, once served: let the waiter run."""
+        self.lock.release()
 
 
 class FairQueue(QueueCommon[_T], Generic[_T]):
@@ -187,7 +196,7 @@ class FairQueue(QueueCommon[_T], Generic[_T]):
         item.stolen()
         waiter.item = item
         waiter.handed = waiter.served = True
-        waiter.condition.notify()
+        waiter.wake()
 
     def _pass_on_handed(self, item: Any) -> None:
         """Under the mutex: a getter handed *item* was interrupted before it
@@ -273,7 +282,7 @@ class FairQueue(QueueCommon[_T], Generic[_T]):
         waiter = self._waiters.popleft()
         waiter.item = item
         waiter.served = True
-        waiter.condition.notify()
+        waiter.wake()
         return True
 
     # -- get -----------------------------------------------------------------
@@ -300,19 +309,29 @@ class FairQueue(QueueCommon[_T], Generic[_T]):
         return self.get(False)
 
     def _wait(self, timeout: float | None) -> _T:
-        """Under the mutex: queue up and wait for a hand-off."""
-        waiter = _Waiter(self.mutex)
+        """Under the mutex: queue up and wait for a hand-off.  The mutex is
+        let go entirely while waiting (it is reentrant: a ``put()`` from a
+        garbage-collected checkout may run inside a ``get()``), and taken
+        back as it was, as ``threading.Condition.wait()`` does."""
+        waiter = _Waiter()
         self._waiters.append(waiter)
         deadline = None if timeout is None else time.monotonic() + timeout
+        mutex: Any = self.mutex
         try:
             while not waiter.served:
-                if deadline is None:
-                    waiter.condition.wait()
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0.0:
-                    break
-                waiter.condition.wait(remaining)
+                remaining = None
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0.0:
+                        break
+                saved = mutex._release_save()
+                try:
+                    if remaining is None:
+                        waiter.lock.acquire()
+                    else:
+                        waiter.lock.acquire(True, remaining)
+                finally:
+                    mutex._acquire_restore(saved)
         except BaseException:
             # Interrupted: never strand an item that was handed to us.
             if waiter.handed:

@@ -175,30 +175,45 @@ def test_queue__getter_arriving_while_others_wait_queues_behind_them():
     assert got == [("first", "a"), ("second", "b")]
 
 
+class _WaiterLock:
+    """A waiter's lock (taken when it queues up, released to wake it) whose
+    ``acquire()`` a test decorates."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+
+    def acquire(self, *args: Any) -> bool:
+        return self.lock.acquire(*args)
+
+    def release(self) -> None:
+        self.lock.release()
+
+
 def test_queue__timeout_racing_a_hand_off_keeps_the_item(monkeypatch):
     """A waiter whose timeout expires just as an item is handed to it
     returns the item (it was removed from the line by the put)."""
     queue: FairQueue[str] = FairQueue(1)
 
-    class LateCondition(threading.Condition):
-        def wait(self, timeout: float | None = None) -> bool:
-            super().wait(timeout)
+    class LateLock(_WaiterLock):
+        def acquire(self, *args: Any) -> bool:
+            self.lock.acquire(*args)
             queue.put("conn", False)  # served right at the deadline
             return False
 
     class LateWaiter(fair._Waiter):
-        def __init__(self, mutex: Any) -> None:
-            super().__init__(mutex)
-            self.condition = LateCondition(mutex)
+        def __init__(self) -> None:
+            super().__init__()
+            self.lock = LateLock()
 
     monkeypatch.setattr(fair, "_Waiter", LateWaiter)
     assert queue.get(True, 0.01) == "conn"
     assert queue.qsize() == 0 and queue.waiting() == 0
 
 
-class _InterruptedCondition(threading.Condition):
-    def wait(self, timeout: float | None = None) -> bool:
-        super().wait(timeout)
+class _InterruptedLock(_WaiterLock):
+    def acquire(self, *args: Any) -> bool:
+        self.lock.acquire(*args)
         raise KeyboardInterrupt
 
 
@@ -206,9 +221,9 @@ class InterruptedWaiter(fair._Waiter):
     """A waiter interrupted (KeyboardInterrupt, as gevent.Timeout would)
     as soon as it wakes, served or not."""
 
-    def __init__(self, mutex: Any) -> None:
-        super().__init__(mutex)
-        self.condition = _InterruptedCondition(mutex)
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = _InterruptedLock()
 
 
 def interrupted_getter(
