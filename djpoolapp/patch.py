@@ -49,7 +49,8 @@ from, so PostGIS, GIS MySQL and a project's own subclass are covered):
   first disposes the pools, so that idle pooled connections never block
   ``DROP DATABASE`` or ``CREATE DATABASE ... TEMPLATE``.
 
-:func:`uninstall` restores every attribute exactly.
+:func:`uninstall` restores every attribute exactly (each is set through
+``hooks.set_hook``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from django.db.backends.signals import connection_created
 from django.db.backends.utils import CursorWrapper
 
 from .drivers import DRIVERS, closing
+from .hooks import set_hook, undo_hooks
 from .lease import IN_USE, PARKED
 from .lease import UNSET as _UNSET
 from .pool import registry
@@ -81,9 +83,6 @@ logger = logging.getLogger("djpoolapp")
 #: The Django connection wrapper currently inside ``get_new_connection()``.
 _opening: ContextVar[Any] = ContextVar("djpoolapp_opening", default=None)
 
-_MISSING = object()
-#: (target, attribute, previous value or _MISSING), in the order applied.
-_applied: list[tuple[Any, str, Any]] = []
 _installed: set[type] = set()
 
 
@@ -113,11 +112,6 @@ def _module_proxy(module: ModuleType) -> PooledDatabaseModule:
 
 def _is_driver_module(value: Any) -> bool:
     return isinstance(value, ModuleType) and value.__name__ in DRIVERS
-
-
-def _set(target: Any, name: str, value: Any) -> None:
-    _applied.append((target, name, target.__dict__.get(name, _MISSING)))
-    setattr(target, name, value)
 
 
 # -- the wrapped DatabaseWrapper methods ----------------------------------
@@ -740,7 +734,7 @@ def _hook_queued_writer() -> None:
     current = getattr(writer, "__dict__", {}).get("write")
     if current is None or getattr(current, "_djpool_patched", False):
         return
-    _set(writer, "write", _wrap_queued_writer_write(current))
+    set_hook(writer, "write", _wrap_queued_writer_write(current))
 
 
 def install(wrapper_class: type[BaseDatabaseWrapper]) -> None:
@@ -753,43 +747,39 @@ def install(wrapper_class: type[BaseDatabaseWrapper]) -> None:
             break
         module = sys.modules.get(klass.__module__)
         if module is not None and _is_driver_module(module.__dict__.get("Database")):
-            _set(module, "Database", _module_proxy(module.__dict__["Database"]))
+            set_hook(module, "Database", _module_proxy(module.__dict__["Database"]))
         if _is_driver_module(klass.__dict__.get("Database")):
-            _set(klass, "Database", _module_proxy(klass.__dict__["Database"]))
+            set_hook(klass, "Database", _module_proxy(klass.__dict__["Database"]))
     current = CursorWrapper.__dict__.get("close")
     if not getattr(current, "_djpool_patched", False):
-        _set(CursorWrapper, "close", _cursor_close(current))
+        set_hook(CursorWrapper, "close", _cursor_close(current))
     if "_djpool_park" not in dir(wrapper_class):
         # The lease a wrapper parked at its last close (fast path), or None,
         # and the settings generation it parked in.
-        _set(wrapper_class, "_djpool_park", None)
-        _set(wrapper_class, "_djpool_park_generation", 0)
+        set_hook(wrapper_class, "_djpool_park", None)
+        set_hook(wrapper_class, "_djpool_park_generation", 0)
         # A connection checked out by the fast path for Django's own
         # connect() to set up (Registry.connect takes it), or None.
-        _set(wrapper_class, "_djpool_pending", None)
+        set_hook(wrapper_class, "_djpool_pending", None)
     for name, wrap in _WRAPPERS.items():
         current = getattr(wrapper_class, name)
         if name == "connect":
             # (pool_mode="transaction" wraps BaseDatabaseWrapper.connect too:
             # only the fast path's own wrapper means "already patched".)
             if not getattr(current, "_djpool_fast_path", False):
-                _set(wrapper_class, name, _wrap_connect(current, wrapper_class))
+                set_hook(wrapper_class, name, _wrap_connect(current, wrapper_class))
             continue
         if getattr(current, "_djpool_patched", False):
             continue  # inherited from a class already patched
-        _set(wrapper_class, name, wrap(current))
+        set_hook(wrapper_class, name, wrap(current))
     _installed.add(wrapper_class)
     logger.debug("Patched %s.%s", wrapper_class.__module__, wrapper_class.__qualname__)
 
 
 def uninstall() -> None:
-    """Undo every patch, newest first, and dispose all pools."""
-    while _applied:
-        target, name, previous = _applied.pop()
-        if previous is _MISSING:
-            delattr(target, name)
-        else:
-            setattr(target, name, previous)
+    """Undo every patch, newest first (txmode.py's too: ``hooks``), and
+    dispose all pools."""
+    undo_hooks()
     _installed.clear()
     registry.dispose()
 

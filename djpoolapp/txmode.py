@@ -89,6 +89,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 
 from .exceptions import SessionValueLost
+from .hooks import set_hook
 from .sql import (
     PINS_VALUE,
     READS_DIAGNOSTICS,
@@ -549,37 +550,37 @@ def _wrap_close_if_unusable_or_obsolete(original: Any) -> Any:
 def install() -> None:
     """Install the transaction-mode hooks on Django's classes (idempotent;
     undone by ``patch.uninstall()``)."""
-    from .patch import _set
-
     if "connection" in BaseDatabaseWrapper.__dict__:
         return
     base = BaseDatabaseWrapper
-    _set(base, "_djpool_txmode", False)
-    _set(base, "_djpool_pin", None)
-    _set(base, "_djpool_released", False)
-    _set(base, "_djpool_connecting", 0)
+    set_hook(base, "_djpool_txmode", False)
+    set_hook(base, "_djpool_pin", None)
+    set_hook(base, "_djpool_released", False)
+    set_hook(base, "_djpool_connecting", 0)
     #: ``(lease, lease.epoch, diagnostics cleared)`` of this Django
     #: connection's last statement in the request (``_note_statement``; the
     #: count is MySQL's ``_djpool_diagnostics_cleared``); None at its start.
-    _set(base, "_djpool_last_statement", None)
+    set_hook(base, "_djpool_last_statement", None)
     #: ``(lease, lease.epoch)`` of its last statement that may have set the
     #: last generated id (``sql.SETS_ID``).
-    _set(base, "_djpool_id_source", None)
+    set_hook(base, "_djpool_id_source", None)
     #: The same for MariaDB's sequence values (``sql.SETS_SEQUENCE``).
-    _set(base, "_djpool_sequence_source", None)
-    _set(base, "connect", _wrap_connect(base.connect))
-    _set(base, "close", _wrap_close(base.close))
-    _set(base, "set_autocommit", _wrap_set_autocommit(base.set_autocommit))
-    _set(
+    set_hook(base, "_djpool_sequence_source", None)
+    set_hook(base, "connect", _wrap_connect(base.connect))
+    set_hook(base, "close", _wrap_close(base.close))
+    set_hook(base, "set_autocommit", _wrap_set_autocommit(base.set_autocommit))
+    set_hook(
         base,
         "close_if_unusable_or_obsolete",
         _wrap_close_if_unusable_or_obsolete(base.close_if_unusable_or_obsolete),
     )
-    _set(CursorWrapper, "execute", _wrap_execute(CursorWrapper.execute))
-    _set(CursorWrapper, "executemany", _wrap_execute(CursorWrapper.executemany))
-    _set(CursorWrapper, "callproc", _wrap_execute(CursorWrapper.callproc, "callproc"))
+    set_hook(CursorWrapper, "execute", _wrap_execute(CursorWrapper.execute))
+    set_hook(CursorWrapper, "executemany", _wrap_execute(CursorWrapper.executemany))
+    set_hook(
+        CursorWrapper, "callproc", _wrap_execute(CursorWrapper.callproc, "callproc")
+    )
     if not hasattr(CursorWrapper, "connection"):  # (Django defines none)
-        _set(CursorWrapper, "connection", property(_cursor_connection))
+        set_hook(CursorWrapper, "connection", property(_cursor_connection))
     # Last: from here on Django's connection attribute goes through it.
-    _set(base, "connection", ConnectionAttribute())
+    set_hook(base, "connection", ConnectionAttribute())
     logger.debug("Installed the pool_mode='transaction' hooks")

@@ -23,7 +23,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.test import override_settings
 
-from djpoolapp import patch
+from djpoolapp import hooks, patch
 from tests.conftest import ALIASES
 from tests.modes import only
 
@@ -85,7 +85,7 @@ def test_bad_options__refused_at_startup_naming_the_key(options, named, unpatche
         with pytest.raises(ImproperlyConfigured) as caught:
             apps.get_app_config("djpoolapp").ready()
         assert not patch.is_installed()
-        assert patch._applied == []
+        assert hooks._applied == []
         for alias, module in raw_modules.items():
             assert type(connections[alias]).Database is module
             assert not hasattr(module, "djpool_driver_module")
