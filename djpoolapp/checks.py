@@ -390,7 +390,7 @@ def check_pool_options_in_database_options(
     Django's own pool is W002's, one opted out or on a third-party pool is
     not djpoolapp's to advise.
     """
-    from .patch import _defined_by_django
+    from .parking import _defined_by_django
 
     pooled = _pooled_aliases() or {}
     if not pooled:

@@ -220,17 +220,18 @@ class Lease:
         self.in_setup = False
         #: True from checkout until Django's set-up ran for it.
         self.fresh = False
-        #: Set by Django's close of this checkout (patch.py) when the
-        #: wrapper may keep the connection parked; read by the checkin.
+        #: Set before Django's close of this checkout (or a release in
+        #: transaction mode) when the wrapper may keep the connection parked
+        #: (parking.py, ``want_park``); read by the checkin.
         self.park_wanted = False
         #: ``(settings, generation)``: Django's set-up of this session was
         #: done for a Django connection whose settings equal *settings* (the
         #: pool's ``settings_seen`` object then) in settings generation
-        #: *generation* (patch.py), and nothing undid it since; None: not
+        #: *generation* (parking.py), and nothing undid it since; None: not
         #: set up, or reset.  Another Django connection with those settings
-        #: may take it without its own set-up (patch.py, ``_take``).
+        #: may take it without its own set-up (parking.py, ``_take``).
         self.set_up_for: Any = None
-        #: What Django's set-up put on the wrapper itself (patch.py,
+        #: What Django's set-up put on the wrapper itself (parking.py,
         #: ``CONNECT_ATTRIBUTES``), for a wrapper that takes it set up.
         self.set_up_attributes: dict[str, Any] = {}
         #: Number of this checkout, bumped by every checkin: a cursor records

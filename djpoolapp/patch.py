@@ -15,12 +15,12 @@ from, so PostGIS, GIS MySQL and a project's own subclass are covered):
 - ``connect()`` is the fast path (``park``, docs/how_it_works.rst): it takes
   back the connection this Django connection parked at its last close, or
   checks one out and, when Django already set it up for the same settings,
-  uses it without the rest of ``connect()`` (``_take``); otherwise Django's
+  uses it without the rest of ``connect()`` (parking.py); otherwise Django's
   ``connect()`` runs and gets that checked-out connection.  Everything
   Django checks before ``connect()`` (``async_unsafe``, test-case guards)
-  runs first.  A backend overriding a method of ``CONNECT_PATH`` outside
-  Django, or a ``connection_created`` receiver other than type
-  registration, turns it off (``_parkable``).
+  runs first.  A backend overriding a method of ``parking.CONNECT_PATH``
+  outside Django, or a ``connection_created`` receiver other than type
+  registration, turns it off (``parking._parkable``).
 - ``_close()`` marks the connection for invalidation when Django saw an error
   on it or closes it inside ``atomic()``, and is the only ``close()`` that
   returns a connection to the pool (``drivers.closing``).
@@ -65,15 +65,21 @@ from contextvars import ContextVar
 from types import ModuleType
 from typing import Any
 
-from django.core.signals import setting_changed
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.backends.signals import connection_created
 from django.db.backends.utils import CursorWrapper
 
 from .drivers import DRIVERS, closing
 from .hooks import set_hook, undo_hooks
 from .lease import IN_USE, PARKED
 from .lease import UNSET as _UNSET
+from .parking import (
+    _DJANGO_BACKENDS,
+    _parkable,
+    _settings_generation,
+    _take,
+    set_up_mark,
+    want_park,
+)
 from .pool import registry
 from .signals import connection_checked_out
 from .txmode import release_if_idle
@@ -197,162 +203,6 @@ def _wrap_close(original: Callable[..., Any]) -> Callable[..., Any]:
     return _close
 
 
-def want_park(wrapper: Any, lease: Any) -> bool:
-    """Ask the checkin about to run (Django's close at request end, or
-    ``pool_mode="transaction"``'s release) to park *lease*'s connection with
-    Django's *wrapper* (``Lease.park_wanted``, returned): when the pool
-    parks, the wrapper is in its settings' autocommit mode and Django's
-    per-connect set-up and close have no project code (``_parkable``)."""
-    pool = lease.pool
-    if (
-        wrapper.autocommit == wrapper.settings_dict["AUTOCOMMIT"]
-        and pool.parking
-        and pool.settings_seen is not None  # (else never taken back)
-        and _parkable(type(wrapper))
-    ):
-        lease.park_wanted = True
-        return True
-    return False
-
-
-def note_parked(wrapper: Any, lease: Any) -> None:
-    """After that checkin: remember on *wrapper* the lease it parked, which
-    its next ``connect()`` takes back (``_claim``)."""
-    if lease.held_by(wrapper):
-        # (The checkin clears it; after a hand-over the lease is another
-        # thread's: not touched.)
-        lease.park_wanted = False
-        if lease.state is PARKED:
-            wrapper._djpool_park = lease
-            wrapper._djpool_park_generation = _settings_generation[0]
-
-
-#: Bumped by every ``setting_changed`` signal (tests' ``override_settings``):
-#: a connection parked before a change is never taken back after it, since
-#: settings outside ``DATABASES`` (``TIME_ZONE``, ``USE_TZ``) shape what
-#: Django's ``connect()`` sets up (``init_connection_state()``).
-_settings_generation = [0]
-
-
-def _on_setting_changed(**kwargs: Any) -> None:
-    _settings_generation[0] += 1
-
-
-setting_changed.connect(_on_setting_changed, dispatch_uid="djpoolapp.park")
-
-#: ``connection_created`` receivers that only set up the driver connection
-#: itself (type adapters), which a parked connection keeps.
-_IDEMPOTENT_RECEIVERS = frozenset(
-    {("django.contrib.postgres.signals", "register_type_handlers")}
-)
-
-
-#: _parkable's answers: {backend class: (connection_created's receivers
-#: when answered, answer)}; an answer holds while the receivers are equal.
-_parkable_answers: dict[type, tuple[list[Any], bool]] = {}
-
-
-def _parkable(klass: type) -> bool:
-    """Whether connections of backend *klass* may park: only when Django's
-    per-connect set-up has no project code in it, because a taken-back
-    connection skips ``connect()``.  A backend (or a base below Django's
-    own) that overrides ``init_connection_state()`` and a
-    ``connection_created`` receiver other than type registration may set
-    per-request state there (a tenant id, ``SET ROLE``), which stock Django
-    with ``CONN_MAX_AGE=0`` redoes at every request.  Answered again
-    whenever the signal's receivers change (about 0.3 µs when they did not,
-    3 µs to answer)."""
-    receivers = connection_created.receivers
-    answer = _parkable_answers.get(klass)
-    if answer is not None and answer[0] == receivers:
-        return answer[1]
-    parkable = _parkable_now(klass)
-    _parkable_answers[klass] = (list(receivers), parkable)
-    return parkable
-
-
-#: The ``DatabaseWrapper`` methods of Django's ``connect()`` that the fast
-#: path skips, and ``_close()``, which the parking checkin replaces: a
-#: backend that overrides one of them outside Django's own backends (a
-#: connection counter, IAM tokens, a tenant's ``SET``) does not park, so the
-#: override runs at every request as without the app.
-CONNECT_PATH = (
-    "connect",
-    "check_settings",
-    "get_connection_params",
-    "get_new_connection",
-    "set_autocommit",
-    "_set_autocommit",
-    "init_connection_state",
-    "_close",
-)
-_DJANGO_BACKENDS = ("django.db.backends.", "django.contrib.gis.db.backends.")
-
-
-def _defined_by_django(klass: type, name: str) -> bool:
-    """Whether *klass*'s method *name* is Django's own (djpoolapp's wrappers
-    looked through)."""
-    for k in klass.__mro__:
-        function = k.__dict__.get(name)
-        if function is None:
-            continue
-        while getattr(function, "_djpool_patched", False):
-            function = getattr(function, "__wrapped__", None)
-        if function is None:
-            continue  # a wrapper of ours around an inherited method
-        return str(getattr(function, "__module__", "")).startswith(_DJANGO_BACKENDS)
-    return False
-
-
-def _parkable_now(klass: type) -> bool:
-    if not all(_defined_by_django(klass, name) for name in CONNECT_PATH):
-        return False
-    try:
-        live: Any = connection_created._live_receivers(klass)
-    except Exception:  # a Django whose private API differs: do not park
-        return False
-    if isinstance(live, tuple):  # Django 5.0+: (sync, async) receivers
-        live = [*live[0], *live[1]]
-    for receiver in live:
-        name = getattr(receiver, "__qualname__", getattr(receiver, "__name__", ""))
-        module = getattr(receiver, "__module__", "")
-        if (module, name) not in _IDEMPOTENT_RECEIVERS:
-            return False
-    return True
-
-
-def _take(
-    wrapper: Any, lease: Any, monotonic: Callable[[], float], own: bool = False
-) -> None:
-    """Give Django's *wrapper* the driver connection of *lease*, already set
-    up by Django for these settings, as Django's ``connect()`` would leave
-    the wrapper: what ``connect()`` resets on it, in the autocommit mode the
-    connection parked or was handed over in; Django's set-up itself
-    (``get_new_connection()``, ``set_autocommit()``,
-    ``init_connection_state()``, ``connection_created``) is skipped.  *own*:
-    *wrapper* set that connection up itself (it takes back what it parked),
-    so what the set-up put on the wrapper (``CONNECT_ATTRIBUTES``) is there
-    already."""
-    wrapper.in_atomic_block = False
-    wrapper.savepoint_ids = []
-    wrapper.atomic_blocks = []
-    wrapper.needs_rollback = False
-    settings_dict = wrapper.settings_dict
-    wrapper.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
-    max_age = settings_dict["CONN_MAX_AGE"]
-    wrapper.close_at = None if max_age is None else monotonic() + max_age
-    wrapper.closed_in_transaction = False
-    wrapper.errors_occurred = False
-    wrapper.health_check_done = True
-    wrapper.autocommit = settings_dict["AUTOCOMMIT"]  # (True: a condition to park)
-    if not own:
-        lease.fresh = False
-        for name, value in lease.set_up_attributes.items():
-            setattr(wrapper, name, value)
-    wrapper.connection = lease.conn
-    wrapper.run_on_commit = []
-
-
 def _adoptable(wrapper: Any) -> Any:
     """The alias's pool if *wrapper* may take a connection that another
     Django connection set up (the pool parks, the settings are those the
@@ -367,29 +217,6 @@ def _adoptable(wrapper: Any) -> Any:
     ):
         return None
     return pool
-
-
-def set_up_mark(lease: Any, wrapper: Any) -> None:
-    """Record, after Django's set-up of *lease*'s connection for *wrapper*,
-    for which settings it was set up (``Lease.set_up_for``): another Django
-    connection with the same settings may take it without its own set-up."""
-    pool = lease.pool
-    seen = pool.settings_seen
-    lease.set_up_for = (
-        (seen, _settings_generation[0])
-        if seen is not None and wrapper.settings_dict == seen
-        else None
-    )
-    found = wrapper.__dict__
-    lease.set_up_attributes = {
-        name: found[name] for name in CONNECT_ATTRIBUTES if name in found
-    }
-
-
-#: What Django's ``connect()`` path sets on the wrapper itself (PostgreSQL's
-#: ``get_new_connection()``, MySQL's ``get_connection_params()``): given to a
-#: wrapper that takes a connection another wrapper set up (``_take``).
-CONNECT_ATTRIBUTES = ("isolation_level",)
 
 
 def _wrap_connect(original: Callable[..., Any], klass: type) -> Callable[..., Any]:

@@ -27,8 +27,8 @@ Where the release happens
     wrapper, or hands it straight to the longest waiting checkout, exactly
     as Django's close at request end does in request mode, and ``connect()``
     takes a parked or already set-up connection back without Django's
-    set-up (the fast path, ``patch.py``); another thread may take a parked
-    one whenever the pool has none idle.  Releases are attempted where a
+    set-up (the fast path: ``parking.py``, patch.py's ``connect()``);
+    another thread may take a parked one whenever the pool has none idle.  Releases are attempted where a
     statement group ends: when a Django cursor is closed (the ORM closes
     each cursor after reading its rows; ``with connection.cursor()`` at
     block exit) and at the end of ``set_autocommit(True)`` (the last step of
@@ -90,6 +90,7 @@ from django.db.backends.utils import CursorWrapper
 
 from .exceptions import SessionValueLost
 from .hooks import set_hook
+from .parking import note_parked, want_park
 from .sql import (
     PINS_VALUE,
     READS_DIAGNOSTICS,
@@ -198,7 +199,6 @@ def release_if_idle(db: Any) -> bool:
         # (busy: a call on it is still running, e.g. another thread's while
         # Django lets it share the connection: not idle.)
         return False
-    want_park, note_parked = _parking or _bind_parking()
     db._djpool_released = True
     db.__dict__["connection"] = None
     want_park(db, lease)
@@ -211,19 +211,6 @@ def release_if_idle(db: Any) -> bool:
         lease.snapshot_checked = False  # (also if the checkin was cut short)
     note_parked(db, lease)
     return True
-
-
-#: ``patch.want_park`` and ``patch.note_parked``, bound at the first release
-#: (patch.py imports this module: not importable at the top).
-_parking: tuple[Any, Any] | None = None
-
-
-def _bind_parking() -> tuple[Any, Any]:
-    global _parking
-    from .patch import note_parked, want_park
-
-    _parking = (want_park, note_parked)
-    return _parking
 
 
 def other_thread(db: Any) -> bool:

@@ -3,7 +3,7 @@ test states stock Django's result (``CONN_MAX_AGE=0``) and holds it with
 parking on.  First written as an adversarial review's probes; the ones that
 failed (time zone after ``override_settings``, a stale raw handle's
 transaction, a backend's own per-connect set-up) are fixed in
-``djpoolapp/patch.py`` / ``lease.py``."""
+``djpoolapp/patch.py``, ``parking.py`` and ``lease.py``."""
 
 from __future__ import annotations
 
