@@ -32,8 +32,7 @@ from .lease import IN_USE, _owners
 from .sql import _memo, classify
 
 if TYPE_CHECKING:
-    from .lease import Lease
-    from .pool import AliasPool
+    from .lease import Lease, LeasePool
 
 
 #: The driver connection Django's own ``_close()`` of its current checkout is
@@ -62,7 +61,7 @@ class PooledConnection:
     #: state); None for a connection opened outside a pool.
     _djpool_lease: Lease | None = None
     #: The :class:`~djpoolapp.pool.AliasPool` that opened the connection.
-    _djpool_pool: AliasPool | None = None
+    _djpool_pool: LeasePool | None = None
     #: Set when a statement made the session unusable for others (MySQL
     #: LOCK TABLES, USE): invalidate instead of reusing.
     _djpool_discard: bool = False

@@ -76,8 +76,8 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 from sqlalchemy import exc as sa_exc
 
@@ -85,9 +85,6 @@ from .deadline import RoundTripTimeout, bounded
 from .exceptions import SessionChanged
 from .signals import connection_checked_in
 from .sql import CLOSE_TO_RESET, RESEED_AFTER
-
-if TYPE_CHECKING:
-    from .pool import AliasPool
 
 logger = logging.getLogger("djpoolapp")
 
@@ -158,6 +155,57 @@ def _current_owner() -> _Owner:
         return token
 
 
+class LeaseStats(Protocol):
+    """What a lease needs of its pool's counters (``pool.AliasStats`` is
+    one)."""
+
+    def add(self, counter: str) -> None: ...
+
+
+class LeasePool(Protocol):
+    """What a lease needs of its pool (:class:`~djpoolapp.pool.AliasPool` is
+    one): the members :class:`Lease` reads, none of which it sets.  Typed
+    here so that this module need not import pool.py, which imports it."""
+
+    @property
+    def driver(self) -> Any:
+        """The pool's ``drivers.Driver`` (Any: drivers.py imports this
+        module)."""
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        """The alias's options (``recycle`` is named in a recycle's reason)."""
+
+    @property
+    def stats(self) -> LeaseStats: ...
+
+    @property
+    def queue(self) -> Any:
+        """The pool's ``queue.FairQueue``: ``park(lease)``, ``unpark(lease)``."""
+
+    @property
+    def retired(self) -> bool: ...
+
+    @property
+    def parking(self) -> bool: ...
+
+    @property
+    def reset_session(self) -> str | bool:
+        """``reset_session``: "auto", "always" or False."""
+
+    @property
+    def _recycle(self) -> float: ...
+
+    @property
+    def _pre_ping(self) -> bool: ...
+
+    @property
+    def _ping_after_idle(self) -> float: ...
+
+    def _announce_checkin(self, conn: Any, reason: BaseException | None) -> None:
+        """DEBUG line and ``connection_checked_in`` signal of a checkin."""
+
+
 class Lease:
     """A pooled driver connection and everything its checkouts carry."""
 
@@ -190,7 +238,7 @@ class Lease:
         "__weakref__",
     )
 
-    def __init__(self, pool: AliasPool, conn: Any) -> None:
+    def __init__(self, pool: LeasePool, conn: Any) -> None:
         self.pool = pool
         self.driver = pool.driver
         self.conn = conn
