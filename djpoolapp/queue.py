@@ -318,7 +318,20 @@ class FairQueue(QueueCommon[_T], Generic[_T]):
         deadline = None if timeout is None else time.monotonic() + timeout
         mutex: Any = self.mutex
         try:
-            while not waiter.served:
+            while True:
+                # An item may have become idle after get() looked (a put()
+                # by the garbage collector in this thread: an abandoned
+                # checkout's clean-up, under the reentrant mutex, e.g. while
+                # the _Waiter above was allocated): it goes to the waiters
+                # in turn, as put() gives it, before anyone sleeps.
+                while self._idle and self._waiters:
+                    self._hand_off(
+                        self._idle.pop() if self.use_lifo else self._idle.popleft()
+                    )
+                    if self._blocked_putters:
+                        self._not_full.notify()
+                if waiter.served:
+                    break
                 remaining = None
                 if deadline is not None:
                     remaining = deadline - time.monotonic()

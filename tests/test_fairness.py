@@ -211,6 +211,30 @@ def test_queue__timeout_racing_a_hand_off_keeps_the_item(monkeypatch):
     assert queue.qsize() == 0 and queue.waiting() == 0
 
 
+@pytest.mark.parametrize("lifo", [False, True])
+def test_queue__item_returned_while_a_getter_queues_up_is_not_left_idle(
+    monkeypatch, lifo
+):
+    """A put() that runs inside get() after it found nothing idle and
+    before it queued up (the garbage collector returning an abandoned
+    checkout's connection, in the same thread, under the reentrant mutex:
+    Python 3.13 collects at any allocation) gives the item to that getter
+    at once; it used to become idle while the getter slept to its timeout
+    (a PoolTimeout with a connection idle)."""
+    queue: FairQueue[str] = FairQueue(1, use_lifo=lifo)
+
+    class CollectedWaiter(fair._Waiter):
+        def __init__(self) -> None:
+            super().__init__()
+            queue.put("returned by the collector", False)
+
+    monkeypatch.setattr(fair, "_Waiter", CollectedWaiter)
+    started = time.monotonic()
+    assert queue.get(True, 2) == "returned by the collector"
+    assert time.monotonic() - started < 1
+    assert queue.qsize() == 0 and queue.waiting() == 0
+
+
 class _InterruptedLock(_WaiterLock):
     def acquire(self, *args: Any) -> bool:
         self.lock.acquire(*args)
