@@ -398,16 +398,18 @@ class ConnectionAttribute:
     def __get__(self, db: Any, owner: type | None = None) -> Any:
         if db is None:
             return self
-        try:
-            # Django's own reads first (several per statement): they never
-            # pin, whatever the mode.
-            code = _getframe(1).f_code
-            if code in _internal_readers:
-                return db.__dict__.get("connection")
-        except Exception:  # interpreter exit: this module's globals are gone
-            return db.__dict__.get("connection")
         conn = db.__dict__.get("connection")
         if not db._djpool_txmode or db._djpool_pin is not None:
+            # (Every backend's reads, once a transaction-mode pool exists:
+            # request-mode and unpooled aliases return here first.)
+            return conn
+        try:
+            # Django's own reads next (several per statement): they never
+            # pin.
+            code = _getframe(1).f_code
+            if code in _internal_readers:
+                return conn
+        except Exception:  # interpreter exit: this module's globals are gone
             return conn
         try:
             caller = _user_frame(_getframe(1))
