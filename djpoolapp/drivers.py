@@ -648,6 +648,60 @@ def _forget(cursor: Any, error: type[Exception], message: str) -> None:
     cursor.__class__ = klass
 
 
+class _EndedMySQLCursor:
+    """Mixin for a mysqlclient cursor whose checkout ended while it was open
+    (``MySQLdbDriver.close_at_checkin``): as a cursor of stock Django's
+    closed connection, every call that would reach the server raises
+    ``OperationalError`` (2006) -- an unbuffered cursor's fetches too --
+    while a buffered cursor's rows stay readable.  ``close()`` leaves a
+    plain closed cursor (mysqlclient's own ``ProgrammingError("cursor
+    closed")`` from then on), quietly, where stock's raises (2006) once."""
+
+    _djpool_error: type[Exception] = Exception
+
+    def _djpool_refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._djpool_error(
+            2006,
+            "djpoolapp: this cursor's request ended (its connection went back "
+            "to the pool; without the app it would be closed)",
+        )
+
+    execute = executemany = callproc = nextset = _djpool_refuse
+
+    def close(self) -> None:
+        # A plain closed cursor from here on (mysqlclient's own
+        # ProgrammingError("cursor closed"), as stock's after its close()).
+        # Quietly: stock's close() raises (2006) reading the closed
+        # connection's next result, which makes every finaliser that closes
+        # a kept cursor (an abandoned iterator()) report an ignored error.
+        self._rows = self.rownumber = self.description = self._result = None
+        self.__class__ = type(self).__bases__[1]
+
+
+_ended_mysql: dict[type, type] = {}
+
+
+def _end_mysql(cursor: Any, module: ModuleType, unbuffered: bool) -> None:
+    """Make mysqlclient *cursor* an :class:`_EndedMySQLCursor` (its class is
+    switched to a subclass of its own); *unbuffered*: its fetches read from
+    the session (``SSCursor``), and are refused too."""
+    base = type(cursor)
+    if issubclass(base, _EndedMySQLCursor):
+        return
+    klass = _ended_mysql.get(base)
+    if klass is None:
+        namespace: dict[str, Any] = {"_djpool_error": module.OperationalError}
+        if unbuffered:
+            refuse = _EndedMySQLCursor._djpool_refuse
+            namespace.update(
+                fetchone=refuse, fetchmany=refuse, fetchall=refuse, __iter__=refuse
+            )
+        klass = _ended_mysql[base] = type(
+            f"Ended{base.__name__}", (_EndedMySQLCursor, base), namespace
+        )
+    cursor.__class__ = klass
+
+
 class WatchedServerCursor(_ServerFetches, WatchedCursor):
     """psycopg 3's named cursors (``connection.server_cursor_factory``)."""
 
@@ -1142,6 +1196,18 @@ class Driver:
         client-side cursors (sqlite3)."""
         cursor.close()
 
+    def close_at_checkin(self, cursor: Any) -> None:
+        """The checkin closes *cursor*, left open by its ending checkout, so
+        that a later use fails as a cursor of stock Django's closed
+        connection does, without a byte to the session (:meth:`forget_cursor`
+        runs whatever ``close()`` raised).  Default: ``close()`` (the
+        PostgreSQL drivers' cursors check their checkout at every call:
+        ``WatchedCursor``)."""
+        try:
+            cursor.close()
+        finally:
+            self.forget_cursor(cursor)
+
     def cursor_name(self, cursor: Any) -> str | None:
         """The name of a server-side (named) cursor, else None."""
         return None
@@ -1483,6 +1549,7 @@ class MySQLdbDriver(Driver):
             # "cursor closed"); rows left unread make checkin_problem()
             # invalidate the session, as before raw cursors were tracked.
             inner.connection = None
+            _end_mysql(inner, self.module, unbuffered=True)
             return False
         return True
 
@@ -1494,6 +1561,34 @@ class MySQLdbDriver(Driver):
         inner.connection = None
         inner._result = None
         cursor.close()
+
+    def close_at_checkin(self, cursor: Any) -> None:
+        # Closed, a mysqlclient cursor raises ProgrammingError("cursor
+        # closed"); one of stock Django's closed connection raises
+        # OperationalError (2006) on every call that would reach the server
+        # and keeps the rows it had read: so does a cursor whose checkout
+        # ended (its close() discards the session's pending results).
+        inner = self._driver_cursor(cursor)
+        cursors = self.module.cursors
+        if not isinstance(inner, cursors.BaseCursor):
+            super().close_at_checkin(cursor)
+            return
+        unbuffered = isinstance(inner, cursors.CursorUseResultMixIn)
+        read = (
+            inner._rows,
+            inner.rownumber,
+            inner.description,
+            inner.description_flags,
+        )
+        try:
+            super().close_at_checkin(cursor)
+        finally:
+            if not unbuffered:
+                (
+                    inner._rows, inner.rownumber,
+                    inner.description, inner.description_flags,
+                ) = read  # fmt: skip
+            _end_mysql(inner, self.module, unbuffered)
 
     def session_changes(self, conn: Any) -> frozenset[str]:
         changes: frozenset[str] = conn._djpool_session_changes

@@ -821,11 +821,11 @@ def _close_cursors(cursors: list[Any], driver: Any) -> BaseException | None:
     """
     failure: BaseException | None = None
     for cursor in cursors:
+        # Kept past its request and used again, it must not reach the
+        # session, and it fails as stock Django's would, on its closed
+        # connection (Driver.close_at_checkin).
         try:
-            cursor.close()
+            driver.close_at_checkin(cursor)
         except Exception as error:
             failure = failure or error
-        # Kept past its request and executed again, it must not reach the
-        # session (stock Django's would find its connection closed).
-        driver.forget_cursor(cursor)
     return failure
