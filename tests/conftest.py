@@ -491,9 +491,10 @@ def request_cycle() -> Callable[[str], tuple[int, bytes]]:
     return run_request
 
 
-@pytest.fixture
-def unpatched() -> Iterator[None]:
-    """Stock Django for the duration of a test (djpoolapp's patches undone)."""
+@contextlib.contextmanager
+def stock_django() -> Iterator[None]:
+    """Stock Django meanwhile: djpoolapp's patches undone, every connection
+    closed before and after."""
     for connection in connections.all(initialized_only=True):
         connection.close()
     patch.uninstall()
@@ -503,6 +504,13 @@ def unpatched() -> Iterator[None]:
         for connection in connections.all(initialized_only=True):
             connection.close()
         patch.install_for_databases()
+
+
+@pytest.fixture
+def unpatched() -> Iterator[None]:
+    """Stock Django for the duration of a test (djpoolapp's patches undone)."""
+    with stock_django():
+        yield
 
 
 @pytest.fixture(scope="session")

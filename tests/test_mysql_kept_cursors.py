@@ -20,14 +20,13 @@ outcome: the class of the error (or the value) and mysqlclient's error code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.db import connections
 
-from djpoolapp import patch
+from tests.conftest import stock_django
 from tests.modes import pool_mode  # noqa: F401  (every test, both modes)
 
 pytestmark = [
@@ -66,20 +65,6 @@ CALLS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-@contextmanager
-def _stock() -> Iterator[None]:
-    """Stock Django meanwhile (as the ``unpatched`` fixture, inside a test)."""
-    for connection in connections.all(initialized_only=True):
-        connection.close()
-    patch.uninstall()
-    try:
-        yield
-    finally:
-        for connection in connections.all(initialized_only=True):
-            connection.close()
-        patch.install_for_databases()
-
-
 def _outcome(kind: str, call: str) -> tuple[str, Any]:
     """Request A makes a cursor of *kind*, runs ``SELECT 1`` and ends with
     the cursor open; request B uses it with *call*."""
@@ -105,7 +90,7 @@ def _outcome(kind: str, call: str) -> tuple[str, Any]:
 def test_kept_cursor__fails_as_a_cursor_of_stock_djangos_closed_connection(
     kind: str, call: str
 ) -> None:
-    with _stock():
+    with stock_django():
         stock = _outcome(kind, call)
     pooled = _outcome(kind, call)
     assert pooled == stock
@@ -145,7 +130,7 @@ def _after_close(kind: str) -> tuple[str, Any]:
 def test_kept_cursor__close_is_quiet_then_closed_as_stocks(kind: str) -> None:
     """Stock's close() raises OperationalError (2006) once; this one closes
     quietly.  What a later execute() raises is stock's."""
-    with _stock():
+    with stock_django():
         stock_close, stock_execute = _after_close(kind)
     pooled_close, pooled_execute = _after_close(kind)
     assert stock_close == "OperationalError"
