@@ -648,16 +648,31 @@ def _forget(cursor: Any, error: type[Exception], message: str) -> None:
     cursor.__class__ = klass
 
 
-class _EndedMySQLCursor:
-    """Mixin for a mysqlclient cursor whose checkout ended while it was open
-    (``MySQLdbDriver.close_at_checkin``): as a cursor of stock Django's
-    closed connection, every call that would reach the server raises
-    ``OperationalError`` (2006) -- an unbuffered cursor's fetches too --
-    while a buffered cursor's rows stay readable.  ``close()`` leaves a
-    plain closed cursor (mysqlclient's own ``ProgrammingError("cursor
-    closed")`` from then on), quietly, where stock's raises (2006) once."""
+class _EndedMySQLConnection:
+    """What a mysqlclient cursor kept past its request holds as its
+    ``connection`` once the checkin closed it (``MySQLdbDriver
+    .close_at_checkin``): stock Django's closed connection, as far as the
+    cursor can tell.  Every method of the driver connection raises
+    ``OperationalError`` (2006), so mysqlclient's own cursor code fails as
+    on a closed connection -- after clearing what it clears first (the
+    previous result, ``rowcount``) -- and ``close()`` raises once, as
+    stock's does; the client-side helpers of ``mogrify()`` (``literal``,
+    ``encoding``, ``client_flag``) answer, as on a closed connection; ``open``
+    is 0.  Nothing reaches the session, which is another request's by now."""
 
-    _djpool_error: type[Exception] = Exception
+    __slots__ = ("_djpool_conn", "_djpool_error")
+
+    _CLIENT_SIDE = frozenset(
+        {"encoding", "literal", "string_literal", "escape", "escape_string",
+         "client_flag", "converter", "charset"}
+    )  # fmt: skip
+
+    def __init__(self, conn: Any, error: type[Exception]) -> None:
+        self._djpool_conn = conn
+        self._djpool_error = error
+
+    def __repr__(self) -> str:
+        return f"<closed {type(self._djpool_conn).__name__} (its request ended)>"
 
     def _djpool_refuse(self, *args: Any, **kwargs: Any) -> Any:
         raise self._djpool_error(
@@ -666,40 +681,13 @@ class _EndedMySQLCursor:
             "to the pool; without the app it would be closed)",
         )
 
-    execute = executemany = callproc = nextset = _djpool_refuse
-
-    def close(self) -> None:
-        # A plain closed cursor from here on (mysqlclient's own
-        # ProgrammingError("cursor closed"), as stock's after its close()).
-        # Quietly: stock's close() raises (2006) reading the closed
-        # connection's next result, which makes every finaliser that closes
-        # a kept cursor (an abandoned iterator()) report an ignored error.
-        self._rows = self.rownumber = self.description = self._result = None
-        self.__class__ = type(self).__bases__[1]
-
-
-_ended_mysql: dict[type, type] = {}
-
-
-def _end_mysql(cursor: Any, module: ModuleType, unbuffered: bool) -> None:
-    """Make mysqlclient *cursor* an :class:`_EndedMySQLCursor` (its class is
-    switched to a subclass of its own); *unbuffered*: its fetches read from
-    the session (``SSCursor``), and are refused too."""
-    base = type(cursor)
-    if issubclass(base, _EndedMySQLCursor):
-        return
-    klass = _ended_mysql.get(base)
-    if klass is None:
-        namespace: dict[str, Any] = {"_djpool_error": module.OperationalError}
-        if unbuffered:
-            refuse = _EndedMySQLCursor._djpool_refuse
-            namespace.update(
-                fetchone=refuse, fetchmany=refuse, fetchall=refuse, __iter__=refuse
-            )
-        klass = _ended_mysql[base] = type(
-            f"Ended{base.__name__}", (_EndedMySQLCursor, base), namespace
-        )
-    cursor.__class__ = klass
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._djpool_conn, name)
+        if name in self._CLIENT_SIDE:
+            return value
+        if name == "open":
+            return 0
+        return self._djpool_refuse if callable(value) else value
 
 
 class WatchedServerCursor(_ServerFetches, WatchedCursor):
@@ -1548,8 +1536,9 @@ class MySQLdbDriver(Driver):
             # time.  Detached here without reading (its later use raises
             # "cursor closed"); rows left unread make checkin_problem()
             # invalidate the session, as before raw cursors were tracked.
-            inner.connection = None
-            _end_mysql(inner, self.module, unbuffered=True)
+            inner.connection = _EndedMySQLConnection(
+                inner.connection, self.module.OperationalError
+            )
             return False
         return True
 
@@ -1567,13 +1556,12 @@ class MySQLdbDriver(Driver):
         # closed"); one of stock Django's closed connection raises
         # OperationalError (2006) on every call that would reach the server
         # and keeps the rows it had read: so does a cursor whose checkout
-        # ended (its close() discards the session's pending results).
+        # ended.  Its close() here reads the holder's own pending results.
         inner = self._driver_cursor(cursor)
-        cursors = self.module.cursors
-        if not isinstance(inner, cursors.BaseCursor):
+        if not isinstance(inner, self.module.cursors.BaseCursor):
             super().close_at_checkin(cursor)
             return
-        unbuffered = isinstance(inner, cursors.CursorUseResultMixIn)
+        conn = inner.connection
         read = (
             inner._rows,
             inner.rownumber,
@@ -1581,14 +1569,17 @@ class MySQLdbDriver(Driver):
             inner.description_flags,
         )
         try:
-            super().close_at_checkin(cursor)
+            cursor.close()
         finally:
-            if not unbuffered:
-                (
-                    inner._rows, inner.rownumber,
-                    inner.description, inner.description_flags,
-                ) = read  # fmt: skip
-            _end_mysql(inner, self.module, unbuffered)
+            (
+                inner._rows, inner.rownumber,
+                inner.description, inner.description_flags,
+            ) = read  # fmt: skip
+            inner._result = None
+            if conn is not None:
+                inner.connection = _EndedMySQLConnection(
+                    conn, self.module.OperationalError
+                )
 
     def session_changes(self, conn: Any) -> frozenset[str]:
         changes: frozenset[str] = conn._djpool_session_changes
