@@ -1546,9 +1546,10 @@ class MySQLdbDriver(Driver):
         # mysqlclient's close() reads the connection's pending results
         # (another request's, by now): detached first, it reads nothing.
         # (Django's MySQL backend wraps the driver cursor in its own.)
+        # Its read rows go, as its own close() discards them.
         inner = self._driver_cursor(cursor)
         inner.connection = None
-        inner._result = None
+        inner._result = inner._rows = inner.rownumber = inner.description = None
         cursor.close()
 
     def close_at_checkin(self, cursor: Any) -> None:

@@ -91,6 +91,7 @@ CALLS.update(
         "nextset+fetchall": _after_failed("nextset", lambda c: c.fetchall()),
         "callproc+rowcount": _after_failed("callproc", lambda c: c.rowcount),
         "close+execute": _after_failed("close", lambda c: c.execute("SELECT 2")),
+        "close+fetchall": _after_failed("close", lambda c: c.fetchall()),
         "connection.commit": lambda cursor: _raw_cursor(cursor).connection.commit(),
         "connection.open": lambda cursor: _raw_cursor(cursor).connection.open,
     }
