@@ -1015,10 +1015,10 @@ class Driver:
         would be closed by then (psycopg2: ``InterfaceError``; psycopg 3:
         ``OperationalError``; mysqlclient: ``OperationalError`` 2006;
         sqlite3: ``ProgrammingError``).  Django's cursor wrapper raises it as
-        Django's class of that name.  Not this: a cursor the checkin closed
-        raises what the driver raises for a closed cursor (psycopg 3's
-        server-side ``InterfaceError``, mysqlclient's ``ProgrammingError``),
-        where stock Django's would report the closed connection."""
+        Django's class of that name.  Not this: a psycopg 3 server-side
+        cursor the checkin closed raises the driver's ``InterfaceError`` for
+        a closed cursor, where stock Django's would report the closed
+        connection (mysqlclient's cursors: ``close_at_checkin``)."""
         return self.module.InterfaceError(message)  # type: ignore[no-any-return]
 
     def can_pool(self, kwargs: dict[str, Any]) -> bool:
@@ -1533,9 +1533,10 @@ class MySQLdbDriver(Driver):
         ):
             # An unbuffered cursor (SSCursor, a raw one) still on its result:
             # its close() would read every row left, which could take any
-            # time.  Detached here without reading (its later use raises
-            # "cursor closed"); rows left unread make checkin_problem()
-            # invalidate the session, as before raw cursors were tracked.
+            # time.  Detached here without reading (its later use fails as
+            # on stock's closed connection: close_at_checkin); rows left
+            # unread make checkin_problem() invalidate the session, as before
+            # raw cursors were tracked.
             inner.connection = _EndedMySQLConnection(
                 inner.connection, self.module.OperationalError
             )

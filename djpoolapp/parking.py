@@ -106,6 +106,11 @@ CONNECT_PATH = (
 _DJANGO_BACKENDS = ("django.db.backends.", "django.contrib.gis.db.backends.")
 
 
+def from_django(function: Any) -> bool:
+    """Whether *function* is defined in one of Django's database backends."""
+    return str(getattr(function, "__module__", "")).startswith(_DJANGO_BACKENDS)
+
+
 def _defined_by_django(klass: type, name: str) -> bool:
     """Whether *klass*'s method *name* is Django's own (djpoolapp's wrappers
     looked through)."""
@@ -117,7 +122,7 @@ def _defined_by_django(klass: type, name: str) -> bool:
             function = getattr(function, "__wrapped__", None)
         if function is None:
             continue  # a wrapper of ours around an inherited method
-        return str(getattr(function, "__module__", "")).startswith(_DJANGO_BACKENDS)
+        return from_django(function)
     return False
 
 

@@ -73,10 +73,10 @@ from .hooks import set_hook, undo_hooks
 from .lease import IN_USE, PARKED
 from .lease import UNSET as _UNSET
 from .parking import (
-    _DJANGO_BACKENDS,
     _parkable,
     _settings_generation,
     _take,
+    from_django,
     set_up_mark,
     want_park,
 )
@@ -339,7 +339,7 @@ def _wrap_close_if_health_check_failed(
     # returns first for Django's own pool) does nothing when there is no
     # connection, health checks are off or done: it is not called then, on
     # every query.  A project's override always runs.
-    djangos_own = str(getattr(original, "__module__", "")).startswith(_DJANGO_BACKENDS)
+    djangos_own = from_django(original)
 
     @functools.wraps(original)
     def close_if_health_check_failed(self: Any) -> Any:

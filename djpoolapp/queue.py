@@ -294,10 +294,7 @@ class FairQueue(QueueCommon[_T], Generic[_T]):
         """
         with self.mutex:
             if self._idle:  # nobody waits while items are idle
-                item = self._idle.pop() if self.use_lifo else self._idle.popleft()
-                if self._blocked_putters:
-                    self._not_full.notify()
-                return item
+                return self._pop_idle()
             self._steal()  # a parked connection rather than a wait or a new one
             if not block:
                 raise Empty
@@ -307,6 +304,14 @@ class FairQueue(QueueCommon[_T], Generic[_T]):
 
     def get_nowait(self) -> _T:
         return self.get(False)
+
+    def _pop_idle(self) -> _T:
+        """Under the mutex, an item idle: take one (LIFO or FIFO, as
+        ``use_lifo`` says); a putter blocked on a full queue may go on."""
+        item = self._idle.pop() if self.use_lifo else self._idle.popleft()
+        if self._blocked_putters:
+            self._not_full.notify()
+        return item
 
     def _wait(self, timeout: float | None) -> _T:
         """Under the mutex: queue up and wait for a hand-off.  The mutex is
@@ -325,11 +330,7 @@ class FairQueue(QueueCommon[_T], Generic[_T]):
                 # the _Waiter above was allocated): it goes to the waiters
                 # in turn, as put() gives it, before anyone sleeps.
                 while self._idle and self._waiters:
-                    self._hand_off(
-                        self._idle.pop() if self.use_lifo else self._idle.popleft()
-                    )
-                    if self._blocked_putters:
-                        self._not_full.notify()
+                    self._hand_off(self._pop_idle())
                 if waiter.served:
                     break
                 remaining = None

@@ -28,11 +28,11 @@ Where the release happens
     as Django's close at request end does in request mode, and ``connect()``
     takes a parked or already set-up connection back without Django's
     set-up (the fast path: ``parking.py``, patch.py's ``connect()``);
-    another thread may take a parked one whenever the pool has none idle.  Releases are attempted where a
-    statement group ends: when a Django cursor is closed (the ORM closes
-    each cursor after reading its rows; ``with connection.cursor()`` at
-    block exit) and at the end of ``set_autocommit(True)`` (the last step of
-    the outermost ``atomic()``).
+    another thread may take a parked one whenever the pool has none idle.
+    Releases are attempted where a statement group ends: when a Django
+    cursor is closed (the ORM closes each cursor after reading its rows;
+    ``with connection.cursor()`` at block exit) and at the end of
+    ``set_autocommit(True)`` (the last step of the outermost ``atomic()``).
     A cursor left open holds the connection until it is closed, garbage, or
     the request ends; that includes a server-side cursor
     (``QuerySet.iterator()`` / ``aiterator()`` on PostgreSQL), which holds it
@@ -298,6 +298,13 @@ _UNKNOWN_SOURCE: Any = ("unknown",)
 _READ_VENDORS = frozenset({"postgresql", "mysql"})
 
 
+def _forget_values(db: Any) -> None:
+    """At a request boundary: no earlier statement's session values (last
+    statement, last generated id, sequence values) are the request's."""
+    db._djpool_last_statement = db._djpool_id_source = None
+    db._djpool_sequence_source = None
+
+
 def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
     conn = db.__dict__.get("connection")
     lease = getattr(conn, "_djpool_lease", None)
@@ -516,8 +523,7 @@ def _wrap_close(original: Any) -> Any:
             if self.__dict__.get("connection") is None:
                 self._djpool_pin = None  # the request (or its owner) ended
                 self._djpool_released = False
-                self._djpool_last_statement = self._djpool_id_source = None
-                self._djpool_sequence_source = None
+                _forget_values(self)
 
     close._djpool_patched = True  # type: ignore[attr-defined]
     return close
@@ -528,8 +534,7 @@ def _wrap_close_if_unusable_or_obsolete(original: Any) -> Any:
         result = original(self)
         if self.__dict__.get("connection") is None:
             self._djpool_released = False  # request boundary: nothing to re-take
-            self._djpool_last_statement = self._djpool_id_source = None
-            self._djpool_sequence_source = None
+            _forget_values(self)
         return result
 
     close_if_unusable_or_obsolete._djpool_patched = True  # type: ignore[attr-defined]
