@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import weakref
 from bisect import bisect_left
 from typing import Any
@@ -36,7 +37,7 @@ from sqlalchemy.pool.base import _ConnDialect
 from .conf import Config, get_config
 from .drivers import Driver, PooledConnection, SQLiteDriver, driver_for
 from .exceptions import PoolTimeout
-from .lease import PARKED, Lease, Recycle, Retired
+from .lease import IN_USE, PARKED, Lease, Recycle, Retired
 from .queue import FairQueuePool, Stolen
 from .signals import connection_checked_in, connection_checked_out
 from .tagging import tag_connect_kwargs
@@ -156,6 +157,26 @@ class _CheckoutDialect(_ConnDialect):
     do_terminate = do_close
 
 
+def release_frames(error: BaseException) -> None:
+    """Drop the variables of the finished frames *error* passed through below
+    the caller (its traceback still names them): the connection that was
+    being opened goes now, closed by the driver as stock Django's would be.
+
+    Needed for an interrupt (``gevent.Timeout``, ``KeyboardInterrupt``) in
+    the pool's first connects: SQLAlchemy re-raises it through
+    ``util.safe_reraise.__exit__`` (``_ConnectionRecord.__connect``,
+    ``QueuePool._do_get``), whose frame keeps the exception in a variable
+    while it is in the exception's own traceback.  That cycle keeps every
+    frame of the traceback alive until the cyclic garbage collector runs,
+    and with them the driver's half-opened connection (psycopg 3's connect
+    generator holding its ``PGconn``, psycogreen's wait callback holding
+    psycopg2's connection): a session the server keeps open meanwhile."""
+    tb = error.__traceback__
+    tb = tb.tb_next if tb is not None else None  # the caller's frame runs
+    if tb is not None:
+        traceback.clear_frames(tb)
+
+
 def describe(kwargs: dict[str, Any]) -> str:
     """``user@host:port/database`` from connect arguments, never the password."""
     database = kwargs.get("dbname") or kwargs.get("database") or kwargs.get("db") or ""
@@ -256,16 +277,40 @@ class AliasPool(_Entry):
         conn = self.driver.connect(
             tag_connect_kwargs(self.alias, self.driver.vendor, self.connect_kwargs)
         )
-        self.stats.add_connect_time(time.perf_counter() - started)
-        conn._djpool_pool = self
-        conn._djpool_socket = self.driver.socket_identity(conn)
-        conn._djpool_lease = Lease(self, conn)
-        _live_connections.add(conn)
-        with self._open_lock:
-            self._open += 1
-        self.stats.add("opened")
-        logger.info("Opened a connection for %r", self)
+        counted = False
+        try:
+            self.stats.add_connect_time(time.perf_counter() - started)
+            conn._djpool_pool = self
+            conn._djpool_socket = self.driver.socket_identity(conn)
+            conn._djpool_lease = Lease(self, conn)
+            _live_connections.add(conn)
+            with self._open_lock:
+                self._open += 1
+            counted = True
+            self.stats.add("opened")
+            logger.info("Opened a connection for %r", self)
+        except BaseException:
+            # Interrupted (gevent.Timeout, KeyboardInterrupt: the log line
+            # above may wait on a handler's I/O) before SQLAlchemy holds it:
+            # nobody else can close it, and its lease and it refer to each
+            # other, so only the cyclic garbage collector would free it.
+            self._close_unrecorded(conn, counted)
+            raise
         return conn
+
+    def _close_unrecorded(self, conn: Any, counted: bool) -> None:
+        """Close *conn*, which ``_create`` opened and never handed to
+        SQLAlchemy; never raises."""
+        lease = conn.__dict__.get("_djpool_lease")
+        if lease is not None:
+            lease.closed()
+        if counted:
+            with self._open_lock:
+                self._open -= 1
+        try:
+            conn._djpool_close()
+        except Exception:  # a broken socket: nothing left to free
+            pass
 
     def checkout(self, wrapper: Any) -> Any:
         """A driver connection for Django's *wrapper* (``Database.connect()``)."""
@@ -298,14 +343,31 @@ class AliasPool(_Entry):
                 # The driver's own error, as without the app: no SQLAlchemy
                 # frames.
                 raise error.with_traceback(None) from None
+            except BaseException as interrupt:
+                # gevent.Timeout, KeyboardInterrupt, GreenletExit: the
+                # caller may want the traceback, so it is kept (unlike the
+                # driver's errors above), but not the frames' variables.
+                release_frames(interrupt)
+                raise
             break
         waited = time.perf_counter() - started
         self.stats.add_checkout_time(waited)
         conn: Any = fairy.dbapi_connection
-        conn._djpool_lease.checkout(fairy, wrapper)
-        wrapper._djpool_txmode = self.transaction_mode  # pool_mode (txmode.py)
-        if connection_checked_out.receivers or logger.isEnabledFor(logging.DEBUG):
-            self._announce_checkout(conn, waited)
+        lease = conn._djpool_lease
+        try:
+            lease.checkout(fairy, wrapper)
+            wrapper._djpool_txmode = self.transaction_mode  # pool_mode (txmode.py)
+            if connection_checked_out.receivers or logger.isEnabledFor(logging.DEBUG):
+                # (Receivers and log handlers may wait on I/O: interruptible.)
+                self._announce_checkout(conn, waited)
+        except BaseException:
+            # Django never got it: given back, never to be handed out again.
+            lease.mark_discard("its checkout was interrupted")
+            if lease.state is IN_USE:
+                lease.give_back()
+            else:
+                fairy.invalidate()
+            raise
         return conn
 
     def _timed_out(self, wrapper: Any) -> PoolTimeout:
