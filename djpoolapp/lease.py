@@ -515,87 +515,105 @@ class Lease:
             self.orphans = None  # (closed by the CLOSE ALL below: named_cursors)
             self.returned_at = _monotonic()
             reason: BaseException | str | None = None
-            cursors = self.cursors
-            if driver.busy(conn):
-                # A call still holds the driver connection (psycopg 3's lock:
-                # a COPY block or a stream() generator left open past the
-                # request, kept alive by a traceback): a rollback or a cursor
-                # close would wait for that lock for ever, in this thread.
-                # Stock Django's close() takes no lock: closed, as there.
-                reason = "a COPY or stream() left open still holds it"
-                cursors = self.cursors = None
-            if cursors is not None:
-                self.cursors = None
-                left_open = [
-                    cursor
-                    for reference in cursors
-                    if (cursor := reference()) is not None and driver.left_open(cursor)
-                ]
-                if left_open:
-                    try:  # closing a server-side cursor is a round trip
-                        with bounded(conn, "close of the cursors left open"):
-                            reason = _close_cursors(left_open, driver)
-                    except RoundTripTimeout as error:
-                        reason = error
-            if reason is None:
-                # Unread results (MySQL): dropped, or why the session cannot be
-                # handed to the next request.
-                reason = driver.checkin_problem(conn)
-            if reason is None and (self.discard or conn._djpool_discard):
-                reason = self.discard or "Django saw an error on it"
-            elif reason is None and pool.retired:
-                reason = Retired("its pool was disposed or its settings changed")
-            elif reason is None and driver.is_broken(conn):
-                reason = "closed by the driver"
-            elif reason is None:
-                try:
-                    # Whatever reset_on_return says: an idle connection never
-                    # holds a transaction (nor its locks).
-                    if driver.in_transaction(conn) is not False:
-                        driver.end_transaction(conn)
-                    mode = pool.reset_session
-                    if (
-                        mode == "auto"
-                        and not self.changed
-                        and not self.named_cursors
-                        and not driver.session_changed(conn)
-                        and (
-                            self.snapshot is UNSET
-                            or self.snapshot_checked
-                            or driver.snapshot(conn) == self.snapshot
-                        )
-                    ):
-                        reset = None  # (_reset_needed's common case, inline)
-                    else:
-                        reset = self._reset_needed(mode)
-                    if reset is not None or pool.reset_session != "auto":
-                        # Reset (Django's set-up is undone), or kept as the
-                        # request left it (reset_session=False): only Django's
-                        # own connect() may hand it to another Django connection.
-                        self.set_up_for = None
-                    if reset is _RESET:
-                        park = False  # Django's set-up is undone: it must run again
-                        self.epoch += 1  # the session's values are gone too
-                        kept = self.changed & CLOSE_TO_RESET
-                        if kept:
-                            # (a temporary replication slot, a dblink
-                            # connection: only a new session is as fresh)
-                            reason = (
-                                "its session holds what no reset undoes: "
-                                + ", ".join(sorted(kept))
+            try:
+                cursors = self.cursors
+                if driver.busy(conn):
+                    # A call still holds the driver connection (psycopg 3's lock:
+                    # a COPY block or a stream() generator left open past the
+                    # request, kept alive by a traceback): a rollback or a cursor
+                    # close would wait for that lock for ever, in this thread.
+                    # Stock Django's close() takes no lock: closed, as there.
+                    reason = "a COPY or stream() left open still holds it"
+                    cursors = self.cursors = None
+                if cursors is not None:
+                    self.cursors = None
+                    left_open = [
+                        cursor
+                        for reference in cursors
+                        if (cursor := reference()) is not None
+                        and driver.left_open(cursor)
+                    ]
+                    if left_open:
+                        try:  # closing a server-side cursor is a round trip
+                            with bounded(conn, "close of the cursors left open"):
+                                reason = _close_cursors(left_open, driver)
+                        except RoundTripTimeout as error:
+                            reason = error
+                if reason is None:
+                    # Unread results (MySQL): dropped, or why the session cannot be
+                    # handed to the next request.
+                    reason = driver.checkin_problem(conn)
+                if reason is None and (self.discard or conn._djpool_discard):
+                    reason = self.discard or "Django saw an error on it"
+                elif reason is None and pool.retired:
+                    reason = Retired("its pool was disposed or its settings changed")
+                elif reason is None and driver.is_broken(conn):
+                    reason = "closed by the driver"
+                elif reason is None:
+                    try:
+                        # Whatever reset_on_return says: an idle connection never
+                        # holds a transaction (nor its locks).
+                        if driver.in_transaction(conn) is not False:
+                            driver.end_transaction(conn)
+                        mode = pool.reset_session
+                        if (
+                            mode == "auto"
+                            and not self.changed
+                            and not self.named_cursors
+                            and not driver.session_changed(conn)
+                            and (
+                                self.snapshot is UNSET
+                                or self.snapshot_checked
+                                or driver.snapshot(conn) == self.snapshot
                             )
+                        ):
+                            reset = None  # (_reset_needed's common case, inline)
                         else:
-                            with bounded(conn, "session reset"):
-                                if not driver.reset_session(conn, self.snapshot):
-                                    reason = "its session cannot be reset in place"
-                                elif self.changed & RESEED_AFTER or mode == "always":
-                                    driver.reseed(conn)
-                    elif reset is _CURSORS:
-                        with bounded(conn, "close of the server-side cursors"):
-                            driver.close_server_cursors(conn)
-                    self.clean = True
-                except Exception as error:
-                    reason = error
+                            reset = self._reset_needed(mode)
+                        if reset is not None or pool.reset_session != "auto":
+                            # Reset (Django's set-up is undone), or kept as the
+                            # request left it (reset_session=False): only Django's
+                            # own connect() may hand it to another Django connection.
+                            self.set_up_for = None
+                        if reset is _RESET:
+                            park = False  # Django's set-up is undone: it must run again
+                            self.epoch += 1  # the session's values are gone too
+                            kept = self.changed & CLOSE_TO_RESET
+                            if kept:
+                                # (a temporary replication slot, a dblink
+                                # connection: only a new session is as fresh)
+                                reason = (
+                                    "its session holds what no reset undoes: "
+                                    + ", ".join(sorted(kept))
+                                )
+                            else:
+                                with bounded(conn, "session reset"):
+                                    if not driver.reset_session(conn, self.snapshot):
+                                        reason = "its session cannot be reset in place"
+                                    elif (
+                                        self.changed & RESEED_AFTER or mode == "always"
+                                    ):
+                                        driver.reseed(conn)
+                        elif reset is _CURSORS:
+                            with bounded(conn, "close of the server-side cursors"):
+                                driver.close_server_cursors(conn)
+                        self.clean = True
+                    except Exception as error:
+                        reason = error
+            except BaseException as error:
+                # Interrupted inside the checkin's own round trips (a
+                # gevent.Timeout or KeyboardInterrupt around Django's close(),
+                # before or during the ROLLBACK, the session reset, a cursor's
+                # CLOSE), or failed where nothing above answers for it: the
+                # session may still hold the request's transaction and locks,
+                # or be half-way through a reply.  Closed, as stock Django's
+                # close() closes it, and the interrupt goes on; never left to
+                # SQLAlchemy's collector hook, which would put it back in the
+                # pool as it is.
+                self.fairy = self.holder = self.owner = None
+                self.cursors = None
+                self._interrupted(fairy, error)
+                raise
             if self.changed:
                 self.changed.clear()
             self.named_cursors = False
@@ -635,6 +653,18 @@ class Lease:
             )
         if connection_checked_in.receivers or logger.isEnabledFor(logging.DEBUG):
             pool._announce_checkin(conn, reason)
+
+    def _interrupted(self, fairy: Any, error: BaseException) -> None:
+        """Invalidate *fairy* (this lease's checkout) after *error* cut its
+        checkin short; never raises an ``Exception`` of its own."""
+        try:
+            fairy.invalidate(
+                e=sa_exc.DisconnectionError(
+                    f"its checkin was interrupted ({type(error).__name__})"
+                )
+            )
+        except Exception:  # pragma: no cover - the close itself failed
+            logger.debug("Closing an interrupted checkin failed", exc_info=True)
 
     def give_back(self) -> None:
         """A checkout Django never used (its ``connect()`` failed before
