@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import _thread
 import functools
+import inspect
 import logging
 import os
 import sys
@@ -90,8 +91,11 @@ from django.db.backends.utils import CursorWrapper
 
 from .exceptions import SessionValueLost
 from .hooks import set_hook
-from .parking import note_parked, want_park
+from .lease import PARKED
+from .parking import _settings_generation, want_park
 from .sql import (
+    _MEMO_MAX_ENTRIES,
+    _MEMO_MAX_LENGTH,
     PINS_VALUE,
     READS_DIAGNOSTICS,
     READS_ID,
@@ -188,13 +192,29 @@ def release_if_idle(db: Any) -> bool:
     if cursors:
         for reference in cursors:
             cursor = reference()
-            if cursor is not None and _is_open(cursor):
+            if cursor is None:
+                continue
+            # Open?  (A look-up on the class: a missing attribute of a
+            # mysqlclient cursor runs its __getattr__, which imports two
+            # modules and raises.)
+            if getattr(type(cursor), "closed", None) is None:
+                # MySQLdb: a closed cursor forgets its connection
+                if getattr(cursor, "connection", None) is not None:
+                    return False
+            elif not cursor.closed:
                 return False
-    reason = _pin_reason(lease, conn)
-    if reason is not None:
-        pin(db, reason)
-        return False
     driver = lease.driver
+    changed = lease.changed
+    if (
+        (changed and not changed <= _TRANSACTION)  # (no new set when empty)
+        or conn._djpool_discard
+        or driver.snapshot(conn) != lease.snapshot
+    ):
+        # (_pin_reason's checks inline, for the common case: nothing.)
+        reason = _pin_reason(lease, conn)
+        if reason is not None:
+            pin(db, reason)
+        return False
     if driver.in_transaction(conn) is not False or driver.busy(conn):
         # (busy: a call on it is still running, e.g. another thread's while
         # Django lets it share the connection: not idle.)
@@ -202,14 +222,19 @@ def release_if_idle(db: Any) -> bool:
     db._djpool_released = True
     db.__dict__["connection"] = None
     want_park(db, lease)
-    # _pin_reason compared the driver's session attributes with the snapshot
-    # just now: the checkin need not read them again.
+    # The checks above compared the driver's session attributes with the
+    # snapshot just now: the checkin need not read them again.
     lease.snapshot_checked = True
     try:
         lease.checkin()
     finally:
         lease.snapshot_checked = False  # (also if the checkin was cut short)
-    note_parked(db, lease)
+    # (parking.note_parked() inline, as patch.py's close does: the checkin
+    # cleared park_wanted; after a hand-over the lease is another thread's,
+    # with another holder, and is not touched.)
+    if lease.state is PARKED and lease.holder is holder:
+        db._djpool_park = lease
+        db._djpool_park_generation = _settings_generation[0]
     return True
 
 
@@ -219,15 +244,6 @@ def other_thread(db: Any) -> bool:
     looked up at each call, as Django's own ``_thread_ident`` is: gevent's
     monkey-patching applies whenever it ran)."""
     return db._thread_ident != _thread.get_ident() and not db.allow_thread_sharing
-
-
-def _is_open(cursor: Any) -> bool:
-    # (A look-up on the class: a missing attribute of a mysqlclient cursor
-    # runs its __getattr__, which imports two modules and raises.)
-    if getattr(type(cursor), "closed", None) is None:
-        # MySQLdb: a closed cursor forgets its connection
-        return getattr(cursor, "connection", None) is not None
-    return not cursor.closed
 
 
 def _pin_reason(lease: Any, conn: Any) -> str | None:
@@ -241,7 +257,7 @@ def _pin_reason(lease: Any, conn: Any) -> str | None:
     if changed and not changed <= _TRANSACTION:  # (no new set when empty)
         changed = changed - _TRANSACTION
         return "session state changed: " + ", ".join(sorted(changed))
-    if getattr(conn, "_djpool_discard", False):
+    if conn._djpool_discard:
         return "USE / LOCK TABLES"
     if lease.driver.snapshot(conn) != lease.snapshot:
         return "driver session attributes changed (read_only, isolation_level...)"
@@ -305,6 +321,26 @@ def _forget_values(db: Any) -> None:
     db._djpool_sequence_source = None
 
 
+#: ``(vendor, statement)`` of the statements (str or bytes) that neither pin
+#: nor read or set a session value (``classify()`` finds nothing but
+#: ``"transaction"``, ``session_value_use()`` nothing): for them
+#: :func:`_wrap_execute`'s ``execute()`` only records the session
+#: (``_djpool_last_statement``), without calling :func:`_note_statement`.
+#: Bounded as ``sql.py``'s memos are (cleared when full, long statements not
+#: kept).
+_harmless: set[tuple[str, Any]] = set()
+
+
+def _remember_harmless(vendor: str, sql: str | bytes) -> None:
+    if len(sql) <= _MEMO_MAX_LENGTH:
+        if len(_harmless) >= _MEMO_MAX_ENTRIES:
+            _harmless.clear()
+        try:
+            _harmless.add((vendor, sql))
+        except TypeError:  # (an unhashable str or bytes subclass)
+            pass
+
+
 def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
     conn = db.__dict__.get("connection")
     lease = getattr(conn, "_djpool_lease", None)
@@ -347,6 +383,8 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
         use = _value_memo[(vendor, text)]
     except KeyError:
         use = session_value_use(vendor, text)
+    if not use and text is sql and (not labels or labels == _TRANSACTION):
+        _remember_harmless(vendor, sql)
     epoch = lease.epoch
     cleared = conn._djpool_diagnostics_cleared  # (MySQL's; 0 for others)
     if use:
@@ -396,53 +434,129 @@ def _user_reads_connection(db: Any, conn: Any, caller: Any) -> Any:
     return conn
 
 
-class ConnectionAttribute:
-    """Data descriptor for ``DatabaseWrapper.connection`` (installed only
-    once a transaction-mode pool exists).  The value stays in the instance
-    ``__dict__`` under the same name, so removing the descriptor leaves every
-    wrapper as it was."""
+def _get_connection(db: Any) -> Any:
+    """``DatabaseWrapper.connection``'s getter (installed only once a
+    transaction-mode pool exists): the driver connection, pinned when user
+    code reads it (:func:`_user_reads_connection`).
 
-    def __get__(self, db: Any, owner: type | None = None) -> Any:
-        if db is None:
-            return self
-        conn = db.__dict__.get("connection")
+    A plain ``property`` (:data:`CONNECTION`), not a descriptor class:
+    CPython 3.12+ runs a property's Python getter without a C-level call
+    (``LOAD_ATTR_PROPERTY``), and Django reads ``connection`` several times
+    per statement group.  The value stays in the instance ``__dict__`` under
+    the same name, so removing the property leaves every wrapper as it
+    was."""
+    try:
+        conn = db.__dict__["connection"]
+    except KeyError:  # (read before Django's __init__ set it)
+        conn = None
+    if conn is None:
+        if not db._djpool_released:
+            # Not connected yet (or not since the request started): None for
+            # every reader, as without the app (what _user_reads_connection
+            # answers user code), without looking at the caller.  Every
+            # backend's reads of a closed connection, once a
+            # transaction-mode pool exists, return here.
+            return None
         if not db._djpool_txmode or db._djpool_pin is not None:
-            # (Every backend's reads, once a transaction-mode pool exists:
-            # request-mode and unpooled aliases return here first.)
+            return None
+    elif not db._djpool_txmode or db._djpool_pin is not None:
+        # (Every backend's reads, once a transaction-mode pool exists:
+        # request-mode and unpooled aliases return here.)
+        return conn
+    try:
+        # Django's own reads next (several per statement): they never pin.
+        code = _getframe(1).f_code
+        if code in _internal_readers:
             return conn
-        try:
-            # Django's own reads next (several per statement): they never
-            # pin.
-            code = _getframe(1).f_code
-            if code in _internal_readers:
-                return conn
-        except Exception:  # interpreter exit: this module's globals are gone
-            return conn
-        try:
-            caller = _user_frame(_getframe(1))
-            if caller is None and code.co_filename != _PROXY_FILE:
-                _internal_readers.add(code)
-        except Exception:  # interpreter exit: this module's globals are gone
-            return conn
-        if caller is None:
-            return conn
-        return _user_reads_connection(db, conn, caller)
+    except Exception:  # interpreter exit: this module's globals are gone
+        return conn
+    try:
+        caller = _user_frame(_getframe(1))
+        if caller is None and code.co_filename != _PROXY_FILE:
+            _internal_readers.add(code)
+    except Exception:  # interpreter exit: this module's globals are gone
+        return conn
+    if caller is None:
+        return conn
+    return _user_reads_connection(db, conn, caller)
 
-    def __set__(self, db: Any, value: Any) -> None:
-        db.__dict__["connection"] = value
+
+def _set_connection(db: Any, value: Any) -> None:
+    db.__dict__["connection"] = value
+
+
+#: The data descriptor installed as ``BaseDatabaseWrapper.connection``.
+CONNECTION = property(_get_connection, _set_connection, doc=_get_connection.__doc__)
 
 
 # -- the patches (installed with the first transaction-mode pool) -----------
+def _plain_signature(function: Any, names: tuple[str, ...], defaults: Any) -> bool:
+    """Whether *function* is a Python function taking exactly the positional
+    or keyword parameters *names*, with *defaults*, and nothing else."""
+    code = getattr(function, "__code__", None)
+    return (
+        code is not None
+        and code.co_argcount == len(names)
+        and not code.co_kwonlyargcount
+        and not code.co_posonlyargcount
+        and not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
+        and code.co_varnames[: len(names)] == names
+        and function.__defaults__ == defaults
+        and not function.__kwdefaults__
+    )
+
+
 def _wrap_execute(original: Any, what: str = "statement") -> Any:
-    def execute(self: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
-        db = self.db
-        if db._djpool_txmode:
-            _note_statement(db, sql, what)
-        return original(self, sql, *args, **kwargs)
+    """``CursorWrapper.execute`` / ``executemany`` / ``callproc`` (*what*):
+    note the statement (:func:`_note_statement`), then run it.
+
+    Django's ``execute(self, sql, params=None)`` gets a wrapper of that same
+    signature (called with ``*args, **kwargs`` a wrapper costs about twice as
+    much; it runs for every statement), which notes a statement known to be
+    harmless (:data:`_harmless`) inline; any other signature, a generic
+    wrapper."""
+    execute: Any
+    if what == "statement" and _plain_signature(
+        original, ("self", "sql", "params"), (None,)
+    ):
+
+        def execute_sql(self: Any, sql: Any, params: Any = None) -> Any:
+            db = self.db
+            if db._djpool_txmode:
+                try:
+                    harmless = (db.vendor, sql) in _harmless
+                except TypeError:  # (psycopg's composed queries)
+                    harmless = False
+                if harmless:
+                    # (_note_statement's whole work for such a statement.)
+                    conn = db.__dict__.get("connection")
+                    lease = getattr(conn, "_djpool_lease", None)
+                    if not (lease is None or lease.in_setup or db._djpool_connecting):
+                        db._djpool_last_statement = (
+                            lease,
+                            lease.epoch,
+                            conn._djpool_diagnostics_cleared,
+                        )
+                else:
+                    _note_statement(db, sql)
+            return original(self, sql, params)
+
+        execute = execute_sql
+        # (A wrong call raises its TypeError here: under Django's name.)
+        execute.__qualname__ = original.__qualname__
+    else:
+
+        def execute_any(self: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
+            db = self.db
+            if db._djpool_txmode:
+                _note_statement(db, sql, what)
+            return original(self, sql, *args, **kwargs)
+
+        execute = execute_any
 
     execute.__name__ = original.__name__
     execute.__doc__ = original.__doc__
-    execute._djpool_patched = True  # type: ignore[attr-defined]
+    execute._djpool_patched = True
     return execute
 
 
@@ -531,8 +645,19 @@ def _wrap_close(original: Any) -> Any:
 
 def _wrap_close_if_unusable_or_obsolete(original: Any) -> Any:
     def close_if_unusable_or_obsolete(self: Any) -> Any:
-        result = original(self)
         if self.__dict__.get("connection") is None:
+            # Not connected (not yet, or released): Django's method only
+            # reads ``connection`` (None for it either way).  A request
+            # boundary: nothing to re-take, no earlier statement's values
+            # are the request's (_forget_values() inline: this runs twice
+            # per request).  Reset first, so that _get_connection answers
+            # that read without looking at the caller.
+            self._djpool_released = False
+            self._djpool_last_statement = self._djpool_id_source = None
+            self._djpool_sequence_source = None
+            return original(self)
+        result = original(self)
+        if self.__dict__.get("connection") is None:  # closed it
             self._djpool_released = False  # request boundary: nothing to re-take
             _forget_values(self)
         return result
@@ -576,5 +701,5 @@ def install() -> None:
     if not hasattr(CursorWrapper, "connection"):  # (Django defines none)
         set_hook(CursorWrapper, "connection", property(_cursor_connection))
     # Last: from here on Django's connection attribute goes through it.
-    set_hook(base, "connection", ConnectionAttribute())
+    set_hook(base, "connection", CONNECTION)
     logger.debug("Installed the pool_mode='transaction' hooks")

@@ -4,9 +4,11 @@ Django's cursor() takes an inline fast path (no arguments, during a
 checkout); every other call -- a name, a cursor factory -- goes through
 ``_djpool_cursor()``, which now also notices psycopg2's named cursors (before:
 the cursor's own ``__init__``, which ran for every cursor).  In transaction
-mode ``ConnectionAttribute`` remembers the code objects of Django's own
-readers of the driver connection; user code and ``ConnectionProxy`` must
-never be remembered.
+mode the ``connection`` property (``txmode._get_connection``) remembers the
+code objects of Django's own readers of the driver connection; user code and
+``ConnectionProxy`` must never be remembered.  ``CursorWrapper.execute``'s
+wrapper notes a statement known to be harmless (``txmode._harmless``) inline:
+it must still be the request's previous statement.
 """
 
 from __future__ import annotations
@@ -16,9 +18,17 @@ from typing import Any
 
 import pytest
 from django.db import connections, transaction
+from django.db.backends.utils import CursorWrapper
 
-from djpoolapp import drivers, txmode
-from tests.test_pool_mode import held, session_id, transaction_mode
+from djpoolapp import SessionValueLost, drivers, txmode
+from tests.test_pool_mode import (
+    _pin_params,
+    _run,
+    held,
+    in_thread,
+    session_id,
+    transaction_mode,
+)
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -123,3 +133,64 @@ def test_remembered_readers__only_djangos_and_djpoolapps_own():
         connection.close()
     connection.close()
     assert all(_is_internal(code) for code in txmode._internal_readers)
+
+
+@pytest.mark.parametrize("alias", _pin_params(("mysql",)))
+def test_harmless_statement__noted_inline_is_still_the_previous_statement(alias):
+    """``SELECT 1`` once seen is noted by the execute wrapper itself
+    (``txmode._harmless``), not by ``_note_statement``: it is still the
+    request's previous statement, so FOUND_ROWS() after it on its session is
+    the request's own, and after another request used the session it
+    raises."""
+    with transaction_mode(alias) as pins:
+        _run(alias, "SELECT 1")
+        assert ("mysql", "SELECT 1") in txmode._harmless
+        _run(alias, "SELECT 1")
+        assert _run(alias, "SELECT FOUND_ROWS()") == (1,)
+        _run(alias, "SELECT 1")
+        in_thread(lambda: _run(alias, "SELECT 1, 2"))
+        with pytest.raises(SessionValueLost):
+            _run(alias, "SELECT FOUND_ROWS()")
+        assert pins() == 0
+        connections[alias].close()
+
+
+def test_harmless_statements__remembered_within_bounds():
+    """The memo of harmless statements is bounded as ``sql.py``'s are."""
+    from djpoolapp import sql
+
+    saved = set(txmode._harmless)
+    try:
+        txmode._harmless.clear()
+        txmode._remember_harmless("mysql", "SELECT " + "1" * sql._MEMO_MAX_LENGTH)
+        assert not txmode._harmless
+        for number in range(sql._MEMO_MAX_ENTRIES + 1):
+            txmode._remember_harmless("mysql", f"SELECT {number}")
+        assert 0 < len(txmode._harmless) <= sql._MEMO_MAX_ENTRIES
+    finally:
+        txmode._harmless.clear()
+        txmode._harmless.update(saved)
+
+
+def test_execute_wrapper__djangos_signature_kept_others_passed_through():
+    """``CursorWrapper.execute`` is wrapped with Django's own signature (a
+    wrong call raises Django's TypeError); a method with any other signature
+    gets every argument through."""
+    wrapped = txmode._wrap_execute(CursorWrapper.execute)
+    assert wrapped.__code__.co_varnames[:3] == ("self", "sql", "params")
+    assert wrapped.__qualname__ == CursorWrapper.execute.__qualname__
+    with pytest.raises(TypeError, match=r"CursorWrapper\.execute\(\) takes"):
+        wrapped(object(), "SELECT 1", None, None)
+
+    seen: list[Any] = []
+
+    class Cursor:
+        db = connections[ALIAS]
+
+        def execute(self, sql: Any, params: Any = None, *, extra: Any = 0) -> Any:
+            seen.append((sql, params, extra))
+            return "result"
+
+    other = txmode._wrap_execute(Cursor.execute)
+    assert other(Cursor(), "SELECT 1", (1,), extra=2) == "result"
+    assert seen == [("SELECT 1", (1,), 2)]
