@@ -67,9 +67,12 @@ class PooledConnection:
     _djpool_discard: bool = False
     #: ``(fd, device, inode)`` of its socket when opened (Driver.socket_fd).
     _djpool_socket: tuple[int, int, int] | None = None
-    #: How many times the checkin cleared the session's diagnostics area
-    #: (MySQL: PooledMySQLConnection; read by ``txmode._note_statement``).
-    _djpool_diagnostics_cleared = 0
+    #: How many statements or commands the pool itself sent on this session
+    #: (pre-ping, the checkin's commit or rollback, MySQL's clear of the
+    #: warnings): each overwrites what the previous statement left for a
+    #: later one to read (``FOUND_ROWS()``, ``ROW_COUNT()``, the warnings).
+    #: Read by ``txmode._note_statement``.
+    _djpool_pool_statements = 0
 
     def close(self) -> None:
         lease = self._djpool_lease
@@ -786,9 +789,6 @@ class PooledMySQLConnection(PooledConnection):
     #: ``@@warning_count``, ``GET DIAGNOSTICS``), which outlives the checkin:
     #: the checkin then clears it (:meth:`_djpool_clear_diagnostics`).
     _djpool_diagnostics = False
-    #: How many times the checkin cleared it: a later statement that reads it
-    #: reads an empty area (``pool_mode="transaction"``, ``txmode``).
-    _djpool_diagnostics_cleared = 0
 
     def query(self, query: bytes | str) -> Any:
         # _djpool_watch inline (every statement of every cursor passes here):
@@ -860,10 +860,10 @@ class PooledMySQLConnection(PooledConnection):
         checkin): MariaDB and MySQL keep a statement's warnings and errors
         until a later statement that uses a table, so ``DO 0`` or
         ``SELECT 1`` would not do; a derived table does."""
+        self._djpool_pool_statements += 1
         super().query(b"SELECT 1 FROM (SELECT 1) AS djpool_clear")  # type: ignore[misc]
         super().store_result()  # type: ignore[misc]
         self._djpool_diagnostics = False
-        self._djpool_diagnostics_cleared += 1
 
     def _djpool_watch(self, query: bytes | str) -> None:
         """Every statement sent: only by the checkout's own thread, and
@@ -987,6 +987,15 @@ def _has_pending_input(fd: int) -> bool:
 _system_random = random.SystemRandom()
 
 
+def _count_pool_statement(conn: Any) -> None:
+    """Count a statement or command the pool is about to send on *conn*
+    (:attr:`PooledConnection._djpool_pool_statements`)."""
+    try:
+        conn._djpool_pool_statements += 1
+    except (AttributeError, TypeError):  # not a pooled connection
+        pass
+
+
 class Driver:
     """Base adapter; subclasses cover one DB-API module each."""
 
@@ -1087,12 +1096,14 @@ class Driver:
         on a silent network it raises ``RoundTripTimeout`` after that many
         seconds instead of blocking until the kernel gives up.
         """
+        _count_pool_statement(conn)
         with bounded(conn, "pre-ping"):
             self._ping(conn)
 
     def end_transaction(self, conn: Any, commit: bool = False) -> None:
         """Commit or roll back whatever transaction may be open, within
         ``ping_timeout`` (as :meth:`ping`)."""
+        _count_pool_statement(conn)
         with bounded(conn, "commit" if commit else "rollback"):
             conn.commit() if commit else conn.rollback()
 

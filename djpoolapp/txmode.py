@@ -209,6 +209,7 @@ def release_if_idle(db: Any) -> bool:
         (changed and not changed <= _TRANSACTION)  # (no new set when empty)
         or conn._djpool_discard
         or driver.snapshot(conn) != lease.snapshot
+        or driver.session_changes(conn)
     ):
         # (_pin_reason's checks inline, for the common case: nothing.)
         reason = _pin_reason(lease, conn)
@@ -259,6 +260,14 @@ def _pin_reason(lease: Any, conn: Any) -> str | None:
         return "session state changed: " + ", ".join(sorted(changed))
     if conn._djpool_discard:
         return "USE / LOCK TABLES"
+    # Seen by the driver connection only (mysqlclient's query()): a
+    # statement Django's cursor did not send as it was given -- one that an
+    # execute_wrapper() rewrote or added, a raw cursor's.  A changed MySQL
+    # session cannot be reset: released, it would be closed at checkin and
+    # the request's next statement would run without the change.
+    seen = lease.driver.session_changes(conn)
+    if seen:
+        return "session state changed: " + ", ".join(sorted(seen))
     if lease.driver.snapshot(conn) != lease.snapshot:
         return "driver session attributes changed (read_only, isolation_level...)"
     return None
@@ -287,9 +296,10 @@ def pin(db: Any, reason: str) -> None:
 def _check_value(db: Any, source: Any, now: Any, text: Any) -> None:
     """Raise :class:`SessionValueLost` when a statement reading a value of an
     earlier statement (*source*: that statement's session, as *now* gives
-    this one's: ``(lease, epoch[, diagnostics cleared])``; None: none in this
-    request) is about to run on another session, or on the same one after
-    another Django connection held it or a checkin cleared the value."""
+    this one's: ``(lease, epoch[, the pool's own statements sent])``; None:
+    none in this request) is about to run on another session, or on the same
+    one after another Django connection held it or the pool's own statements
+    (a checkin's clear of the warnings, a pre-ping) overwrote the value."""
     if source is None or source == now:
         return
     raise SessionValueLost(
@@ -299,8 +309,9 @@ def _check_value(db: Any, source: Any, now: Any, text: Any) -> None:
         "ROW_COUNT(), warnings), but with pool_mode='transaction' the "
         f"connection of {db.alias!r} was released after that statement and "
         "another request has used this server session since, another "
-        "session serves this statement, or the release cleared the value "
-        "(MySQL warnings): it would not be this request's.  Read it with the "
+        "session serves this statement, or the pool's own statements on it "
+        "since (the release's clear of the MySQL warnings, a pre-ping) "
+        "cleared or overwrote the value: it would not be this request's.  Read it with the "
         "statement that sets it (INSERT ... RETURNING, cursor.lastrowid), in "
         "the same cursor block, or inside one transaction.atomic() with it; "
         "or use pool_mode='request' for this alias."
@@ -386,7 +397,7 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
     if not use and text is sql and (not labels or labels == _TRANSACTION):
         _remember_harmless(vendor, sql)
     epoch = lease.epoch
-    cleared = conn._djpool_diagnostics_cleared  # (MySQL's; 0 for others)
+    sent = conn._djpool_pool_statements
     if use:
         if use & PINS_VALUE and db._djpool_pin is None:
             # nextval() / LAST_INSERT_ID(x) / SQL_CALC_FOUND_ROWS are there
@@ -398,9 +409,11 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
         if use & READS_SEQUENCE:
             _check_value(db, db._djpool_sequence_source, (lease, epoch), text)
         if use & READS_PREVIOUS:
-            _check_value(db, last and last[:2], (lease, epoch), text)
+            # (and the pool's own statements since: a pre-ping, MySQL's
+            # clear of the warnings overwrite FOUND_ROWS(), ROW_COUNT())
+            _check_value(db, last, (lease, epoch, sent), text)
         if use & READS_DIAGNOSTICS:
-            _check_value(db, last, (lease, epoch, cleared), text)
+            _check_value(db, last, (lease, epoch, sent), text)
         now = (lease, epoch)
         if use & SETS_ID:
             db._djpool_id_source = now
@@ -419,7 +432,7 @@ def _note_statement(db: Any, sql: Any, what: str = "statement") -> None:
                 # Which session holds this request's last draw is unknown
                 # from here on: every later read raises.
                 db._djpool_sequence_source = _UNKNOWN_SOURCE
-    db._djpool_last_statement = (lease, epoch, cleared)
+    db._djpool_last_statement = (lease, epoch, sent)
 
 
 def _user_reads_connection(db: Any, conn: Any, caller: Any) -> Any:
@@ -535,7 +548,7 @@ def _wrap_execute(original: Any, what: str = "statement") -> Any:
                         db._djpool_last_statement = (
                             lease,
                             lease.epoch,
-                            conn._djpool_diagnostics_cleared,
+                            conn._djpool_pool_statements,
                         )
                 else:
                     _note_statement(db, sql)
@@ -676,9 +689,9 @@ def install() -> None:
     set_hook(base, "_djpool_pin", None)
     set_hook(base, "_djpool_released", False)
     set_hook(base, "_djpool_connecting", 0)
-    #: ``(lease, lease.epoch, diagnostics cleared)`` of this Django
-    #: connection's last statement in the request (``_note_statement``; the
-    #: count is MySQL's ``_djpool_diagnostics_cleared``); None at its start.
+    #: ``(lease, lease.epoch, the pool's own statements sent on it)`` of this
+    #: Django connection's last statement in the request (``_note_statement``;
+    #: ``PooledConnection._djpool_pool_statements``); None at its start.
     set_hook(base, "_djpool_last_statement", None)
     #: ``(lease, lease.epoch)`` of its last statement that may have set the
     #: last generated id (``sql.SETS_ID``).

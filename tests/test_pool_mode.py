@@ -695,6 +695,95 @@ def test_session_value__mysql_warnings_of_the_previous_statement(alias):
         connections[alias].close()
 
 
+#: Three rows, three warnings (a CAST of words in a SELECT).
+THREE_ROWS_WITH_WARNINGS = (
+    "SELECT CAST(x AS SIGNED) FROM "
+    "(SELECT 'a' AS x UNION ALL SELECT 'b' UNION ALL SELECT 'c') AS t"
+)
+THREE_ROWS = (
+    "SELECT x FROM (SELECT 'a' AS x UNION ALL SELECT 'b' UNION ALL SELECT 'c') AS t"
+)
+
+
+@pytest.mark.parametrize("alias", _pin_params(("mysql",)))
+def test_session_value__previous_statement_values_overwritten_by_the_pool(alias):
+    """FOUND_ROWS() / ROW_COUNT() in the statement group after the previous
+    statement's: the request's own value while the pool sent nothing on the
+    session in between; SessionValueLost once the pool's own statements
+    overwrote it -- the release's clear of the warnings (FOUND_ROWS() became
+    1, ROW_COUNT() -1) or the re-checkout's pre-ping (COM_PING: ROW_COUNT()
+    0) -- never the pool's value (adversarial review 49; these reads
+    compared the session and its epoch only)."""
+    from djpoolapp import SessionValueLost
+
+    table = "pool_mode_row_count"
+    with transaction_mode(alias):
+        _run(alias, THREE_ROWS)
+        assert _run(alias, "SELECT FOUND_ROWS()") == (3,)  # nothing in between
+        _run(alias, THREE_ROWS_WITH_WARNINGS)  # the release clears them
+        with pytest.raises(SessionValueLost, match="overwrote"):
+            _run(alias, "SELECT FOUND_ROWS()")
+        _run(alias, f"CREATE TABLE {table} (id int primary key)")
+        try:
+            _run(alias, f"INSERT INTO {table} VALUES (1)")
+            _run(alias, f"INSERT IGNORE INTO {table} VALUES (1), (2), (3)")
+            with pytest.raises(SessionValueLost, match="overwrote"):
+                _run(alias, "SELECT ROW_COUNT()")
+            _run(alias, f"UPDATE {table} SET id = id + 10")
+            assert _run(alias, "SELECT ROW_COUNT()") == (3,)
+        finally:
+            _run(alias, f"DROP TABLE {table}")
+            connections[alias].close()
+    with transaction_mode(alias, ping_after_idle=0):  # a pre-ping per checkout
+        _run(alias, f"CREATE TABLE {table} (id int primary key)")
+        try:
+            _run(alias, f"INSERT INTO {table} VALUES (1), (2), (3)")
+            with pytest.raises(SessionValueLost, match="overwrote"):
+                _run(alias, "SELECT ROW_COUNT()")
+            with connections[alias].cursor() as cursor:  # one group: no ping
+                cursor.execute(f"DELETE FROM {table}")
+                cursor.execute("SELECT ROW_COUNT()")
+                assert cursor.fetchone() == (3,)
+        finally:
+            _run(alias, f"DROP TABLE {table}")
+            connections[alias].close()
+
+
+@pytest.mark.parametrize("alias", _pin_params(("postgresql", "mysql")))
+def test_pin__session_change_sent_by_an_execute_wrapper(alias):
+    """A statement an ``execute_wrapper()`` rewrites into a session change
+    (tenant routing) pins, as the statement itself would: the rest of the
+    request sees the change on the same session, as with stock Django
+    (adversarial review 49: on MariaDB only mysqlclient's query() saw the
+    SET; the connection was released unpinned, closed at checkin, and the
+    next statement ran on a new session without it)."""
+    vendor = connections[alias].vendor
+    change, read = {
+        "postgresql": (
+            "SELECT set_config('djpool.tenant', 'acme', false)",
+            "SELECT current_setting('djpool.tenant', true)",
+        ),
+        "mysql": ("SET @djpool_tenant = 'acme'", "SELECT @djpool_tenant"),
+    }[vendor]
+
+    def tenant(execute, sql, params, many, context):
+        if sql == "SELECT 'route'":
+            sql = change
+        return execute(sql, params, many, context)
+
+    connection = connections[alias]
+    with transaction_mode(alias) as pins:
+        first = session_id(alias)
+        with connection.execute_wrapper(tenant):
+            _run(alias, "SELECT 'route'")
+        assert pins() == 1
+        assert held(alias)
+        assert _run(alias, read) == ("acme",)
+        assert session_id(alias) == first
+        connection.close()
+        assert _run(alias, read) in ((None,), ("",))  # reset / a new session
+
+
 @pytest.mark.parametrize("alias", _pin_params(("mysql",)))
 def test_session_value__last_insert_id_with_an_argument_sets_and_runs(alias):
     """``UPDATE seq SET id = LAST_INSERT_ID(id + 10)`` (the MySQL manual's
