@@ -426,3 +426,47 @@ def check_pool_options_in_database_options(
             )
         )
     return messages
+
+
+@register(TAG)
+def check_reset_always_on_mysql(
+    app_configs: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W009: ``reset_session="always"`` on a pooled MySQL/MariaDB alias.
+
+    MySQL has no reset that keeps what Django set up on the session
+    (mysqlclient cannot send ``COM_RESET_CONNECTION``), so a session to reset
+    is closed at checkin (``drivers.MySQLdbDriver.checkin_problem``): with
+    ``"always"`` every checkin opens a new connection -- every request, and
+    every statement group with ``pool_mode="transaction"`` -- and nothing is
+    pooled (``docs/behaviour.rst``).  ``"auto"`` (the default) resets only
+    what a request changed, closing those sessions alone."""
+    pooled = _pooled_aliases()
+    if not pooled:  # (None: bad options, E001's)
+        return []
+    config = conf.get_config()
+    messages: list[CheckMessage] = []
+    for alias, backend in pooled.items():
+        if getattr(backend, "vendor", "") != "mysql":
+            continue
+        options = config.for_alias(alias) or {}
+        if options.get("reset_session") != "always":
+            continue
+        per = (
+            "statement group (pool_mode='transaction')"
+            if options.get("pool_mode") == "transaction"
+            else "request"
+        )
+        messages.append(
+            Warning(
+                f"reset_session='always' on the MySQL alias '{alias}': MySQL "
+                "sessions cannot be reset in place, so each checkin closes the "
+                f"connection and the next one opens a new one (every {per}): "
+                "nothing is pooled.",
+                hint=f"Use reset_session='auto' (the default) for '{alias}': it "
+                "closes only the sessions a request changed (SET, temporary "
+                "tables, user variables ...).",
+                id="djpoolapp.W009",
+            )
+        )
+    return messages

@@ -277,7 +277,7 @@ class AliasPool(_Entry):
         conn = self.driver.connect(
             tag_connect_kwargs(self.alias, self.driver.vendor, self.connect_kwargs)
         )
-        counted = False
+        counted = announced = False
         try:
             self.stats.add_connect_time(time.perf_counter() - started)
             conn._djpool_pool = self
@@ -288,13 +288,17 @@ class AliasPool(_Entry):
                 self._open += 1
             counted = True
             self.stats.add("opened")
+            announced = True
             logger.info("Opened a connection for %r", self)
         except BaseException:
             # Interrupted (gevent.Timeout, KeyboardInterrupt: the log line
             # above may wait on a handler's I/O) before SQLAlchemy holds it:
             # nobody else can close it, and its lease and it refer to each
             # other, so only the cyclic garbage collector would free it.
+            # (Once counted as opened, its close is counted as invalidated.)
             self._close_unrecorded(conn, counted)
+            if announced:
+                self.stats.add("invalidated")
             raise
         return conn
 

@@ -323,3 +323,30 @@ def test_w008__silent_on_bad_djpool_options(monkeypatch):
     monkeypatch.setitem(settings.DATABASES["lite"], "OPTIONS", {"pool_size": 5})
     with override_settings(DJPOOL_OPTIONS={"aliases": {"lite": {}}, "pool_sise": 1}):
         assert checks.check_pool_options_in_database_options() == []  # E001's
+
+
+@pytest.mark.mysql
+def test_w009__reset_session_always_on_a_mysql_alias():
+    """A new user's trial: ``reset_session="always"`` on MariaDB reopened a
+    connection at every checkin (61 connections for 60 requests; 183 in
+    transaction mode), silently.  Warned, per MySQL alias, naming what the
+    mode makes it cost; PostgreSQL aliases (reset in place) and "auto" are
+    not reported."""
+    assert checks.check_reset_always_on_mysql() == []
+    always = {"reset_session": "always"}
+    with override_settings(DJPOOL_OPTIONS=always):
+        messages = checks.check_reset_always_on_mysql()
+        assert [(m.id, m.msg.split(":")[0]) for m in messages] == [
+            ("djpoolapp.W009", "reset_session='always' on the MySQL alias 'mysql'")
+        ]
+        assert "every request" in messages[0].msg
+        assert "djpoolapp.W009" in [
+            m.id for m in run_checks(tags=["djpoolapp"], databases=[])
+        ]
+    with override_settings(DJPOOL_OPTIONS={**always, "pool_mode": "transaction"}):
+        (message,) = checks.check_reset_always_on_mysql()
+        assert "every statement group" in message.msg
+    with override_settings(
+        DJPOOL_OPTIONS={"aliases": {"mysql": {"reset_session": "auto"}}, **always}
+    ):
+        assert checks.check_reset_always_on_mysql() == []

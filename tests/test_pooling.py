@@ -83,3 +83,43 @@ def test_psycopg_driver__is_the_one_this_run_claims(settings):
     module = type(connections["default"]).Database.djpool_driver_module
     expected = {"psycopg3": "psycopg", "psycopg2": "psycopg2"}[settings.DRIVER]
     assert module.__name__ == expected
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_interrupted_open__is_counted_as_opened_and_invalidated(alias):
+    """A KeyboardInterrupt raised by a log handler on "Opened a connection"
+    (a handler waiting on I/O under gevent takes a gevent.Timeout there):
+    the connection is closed (tests/faults/test_interrupted_connect.py
+    counts the server's sessions) and counted as invalidated, so that
+    ``opened - invalidated - recycled`` stays the number open (final review
+    of this stop: it stayed counted as open)."""
+    import logging
+
+    class Interrupting(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Opened a connection"):
+                raise KeyboardInterrupt
+
+    logger = logging.getLogger("djpoolapp")
+    handler = Interrupting()
+    connections[alias].close()
+
+    def counts():
+        status = djpoolapp.pool_status(alias)[alias]
+        return status.opened, status.invalidated, status.checked_out, status.idle
+
+    with override_settings(DJPOOL_OPTIONS={"aliases": {alias: {"pool_size": 1}}}):
+        opened, invalidated, _, _ = counts()  # (counters are per process)
+        previous = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                connections[alias].ensure_connection()
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(previous)
+        assert counts() == (opened + 1, invalidated + 1, 0, 0)
+        connections[alias].ensure_connection()  # a new one, as usual
+        assert counts() == (opened + 2, invalidated + 1, 1, 0)
+        connections[alias].close()
