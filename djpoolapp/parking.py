@@ -201,7 +201,8 @@ def _take(
         lease.fresh = False
         for name, value in lease.set_up_attributes.items():
             setattr(wrapper, name, value)
-    wrapper.connection = lease.conn
+    # (Past pool_mode="transaction"'s property, whose setter does this.)
+    wrapper.__dict__["connection"] = lease.conn
     wrapper.run_on_commit = []
 
 

@@ -242,7 +242,7 @@ def _wrap_connect(original: Callable[..., Any], klass: type) -> Callable[..., An
         lease = found.get("_djpool_park")
         if (
             lease is not None
-            and self.connection is None
+            and found.get("connection") is None  # (past txmode's property)
             and found.get("_djpool_pending") is None  # (an outer wrapper ran)
             and _installed  # (a bound method kept past uninstall())
             and _parkable(type(self))
@@ -343,11 +343,12 @@ def _wrap_close_if_health_check_failed(
 
     @functools.wraps(original)
     def close_if_health_check_failed(self: Any) -> Any:
-        connection = self.connection
+        # (The flags first: the common case never reads ``connection``,
+        # which pool_mode="transaction" makes a Python property.)
         if (
-            connection is None
-            or self.health_check_done
+            self.health_check_done
             or not self.health_check_enabled
+            or (connection := self.connection) is None
         ):
             return None if djangos_own else original(self)
         lease = getattr(connection, "_djpool_lease", None)
