@@ -10,9 +10,10 @@ connection instead of returning it to the idle pool:
 - :func:`want_park`, called right before that checkin, asks it to park
   (``Lease.park_wanted``) when Django's per-connect set-up has no project
   code (:func:`_parkable`) and the Django connection is in its settings'
-  autocommit mode; :func:`note_parked`, right after it, remembers on the
-  Django connection the lease it parked (patch.py's ``_close()`` does the
-  same inline);
+  autocommit mode; right after it, the caller (patch.py's ``_close()``,
+  ``txmode.release_if_idle()``) remembers on the Django connection the
+  lease it parked, when it is still that connection's (``PARKED``, same
+  holder; after a hand-over it is another thread's);
 - the Django connection's next ``connect()`` (patch.py's ``_wrap_connect``)
   takes it back, or takes a connection another Django connection set up for
   equal settings (:func:`set_up_mark` records them after Django's set-up),
@@ -41,8 +42,6 @@ from typing import Any
 
 from django.core.signals import setting_changed
 from django.db.backends.signals import connection_created
-
-from .lease import PARKED
 
 #: Bumped by every ``setting_changed`` signal (tests' ``override_settings``):
 #: a connection parked before a change is never taken back after it, since
@@ -159,18 +158,6 @@ def want_park(wrapper: Any, lease: Any) -> bool:
         lease.park_wanted = True
         return True
     return False
-
-
-def note_parked(wrapper: Any, lease: Any) -> None:
-    """After that checkin: remember on *wrapper* the lease it parked, which
-    its next ``connect()`` takes back (``_claim``)."""
-    if lease.held_by(wrapper):
-        # (The checkin clears it; after a hand-over the lease is another
-        # thread's: not touched.)
-        lease.park_wanted = False
-        if lease.state is PARKED:
-            wrapper._djpool_park = lease
-            wrapper._djpool_park_generation = _settings_generation[0]
 
 
 def _take(

@@ -230,9 +230,9 @@ def release_if_idle(db: Any) -> bool:
         lease.checkin()
     finally:
         lease.snapshot_checked = False  # (also if the checkin was cut short)
-    # (parking.note_parked() inline, as patch.py's close does: the checkin
-    # cleared park_wanted; after a hand-over the lease is another thread's,
-    # with another holder, and is not touched.)
+    # (As patch.py's close does: the checkin cleared park_wanted; after a
+    # hand-over the lease is another thread's, with another holder, and is
+    # not touched.)
     if lease.state is PARKED and lease.holder is holder:
         db._djpool_park = lease
         db._djpool_park_generation = _settings_generation[0]
